@@ -1,0 +1,96 @@
+"""The running daemon: backends and frontends built from a configuration."""
+
+from __future__ import annotations
+
+import random
+import sys
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from relaybal.balance.backend import Backend
+from relaybal.config import Config
+from relaybal.splice.frontend import SpliceFrontend
+
+log = Logger(namespace="relaybal")
+
+
+class ListenError(Exception):
+    """A configured endpoint could not be listened on."""
+
+
+class RelaybalService(MultiService):
+    """Owns the backends and frontends of one configuration and their listeners."""
+
+    def __init__(self, config: Config, reactor: Any, rng: random.Random | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        rng = rng if rng is not None else random.Random()
+        self.backends = {
+            name: Backend(bc, reactor, rng) for name, bc in config.backends.items()
+        }
+        self.frontends: dict[str, SpliceFrontend] = {}
+        for name, fc in config.frontends.items():
+            if fc.mode == "splice":
+                self.frontends[name] = SpliceFrontend(
+                    fc, self.backends[fc.backend], reactor, config.global_.hostname
+                )
+            else:
+                log.warn(
+                    "frontend {name}: relay mode is not available in this version; not started",
+                    name=name,
+                )
+        self.ports: list[IListeningPort] = []
+
+    def privilegedStartService(self) -> None:
+        # Listening happens here, before twistd drops privileges (port 25 needs root).
+        problems: list[str] = []
+        for name, frontend in self.frontends.items():
+            for ep in frontend.config.listen:
+                try:
+                    port = self._listen(ep, frontend)
+                except ListenError as e:
+                    problems.append(f"frontend.{name}.listen: cannot listen on {ep!r}: {e}")
+                    continue
+                frontend.ports.append(port)
+                self.ports.append(port)
+        if problems:
+            for p in problems:
+                print(f"relaybal: {p}", file=sys.stderr)
+            for port in self.ports:
+                port.stopListening()
+            raise SystemExit(1)
+        super().privilegedStartService()
+
+    def _listen(self, ep: str, factory: Any) -> IListeningPort:
+        d: Deferred[IListeningPort] = endpoints.serverFromString(self.reactor, ep).listen(factory)
+        result: list[IListeningPort | Failure] = []
+        d.addBoth(result.append)
+        if not result:  # every endpoint relaybal supports listens synchronously
+            raise ListenError("listening did not complete")
+        if isinstance(result[0], Failure):
+            raise ListenError(result[0].getErrorMessage())
+        return result[0]
+
+    def startService(self) -> None:
+        super().startService()
+        for name, frontend in self.frontends.items():
+            log.info(
+                "frontend {name} ({mode}) listening on {where} → backend {backend}",
+                name=name,
+                mode=frontend.config.mode,
+                where=", ".join(frontend.config.listen),
+                backend=frontend.backend.name,
+            )
+
+    def stopService(self) -> Deferred[None] | None:
+        for port in self.ports:
+            port.stopListening()
+        self.ports.clear()
+        return super().stopService()  # type: ignore[no-any-return]

@@ -1,0 +1,1 @@
+"""relaybal's own SMTP protocol pieces (not ``twisted.mail.smtp``; see docs/design.rst)."""

@@ -1,0 +1,620 @@
+"""Splice mode: a layer-4 SMTP balancer, one server chosen per client connection.
+
+The path of one connection::
+
+    accept ─▶ [PROXY header, from trusted networks only] ─▶ Backend.pick
+           ─▶ connect (timeout_connect; retries; redispatch) ─▶ [PROXY v1/v2 out]
+           ─▶ [verify_banner: read the server's greeting; not 220 → next server]
+           ─▶ splice bytes both ways with back-pressure ─▶ one log line
+
+The client's socket is not read while a server is being found, so nothing the
+client sends early is lost or reordered, and nothing reaches the client before
+a server has accepted it. When no server can be had, the client is told so with
+``421 4.3.2`` instead of a silent close.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet import interfaces
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from relaybal import proxyproto
+from relaybal.balance.backend import Backend, QueueFull, Server
+from relaybal.config import FrontendConfig, IPNetwork
+
+log = Logger(namespace="relaybal.splice")
+
+# Session states; the second letter of the termination state names them.
+PROXY_WAIT = "P"
+QUEUED = "Q"
+CONNECTING = "C"
+BANNER = "B"
+DATA = "D"
+CLOSED = "-"
+
+MAX_BANNER = 4096
+
+
+class _Reactor(interfaces.IReactorTCP, interfaces.IReactorTime):
+    """What a frontend needs from the reactor (for type checking only)."""
+
+
+def _client_ip(addr: object) -> tuple[str, int] | None:
+    """(host, port) of an IP peer, unwrapping IPv4-mapped IPv6 addresses."""
+    if isinstance(addr, IPv4Address | IPv6Address):
+        host = addr.host
+        if host.startswith("::ffff:") and "." in host:
+            host = host[7:]
+        return host, addr.port
+    return None
+
+
+def _in_networks(host: str, networks: Sequence[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return any(ip.version == n.version and ip in n for n in networks)
+
+
+def _format_time(t: float) -> str:
+    lt = time.localtime(t)
+    return time.strftime("%d/%b/%Y:%H:%M:%S", lt) + f".{int(t % 1 * 1000):03d}"
+
+
+class SpliceFrontend(Factory):
+    """A splice listener: builds a :class:`SpliceSession` per accepted client."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        config: FrontendConfig,
+        backend: Backend,
+        reactor: Any,
+        hostname: str,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.backend = backend
+        self.reactor = reactor
+        self.hostname = hostname
+        self.no_server_reply = f"421 4.3.2 {hostname} Service not available\r\n".encode()
+        self.ports: list[IListeningPort] = []
+        self.current = 0
+        self.max_current = 0
+        self.total = 0
+        self.errors = 0
+        self.no_server = 0
+        self.retries = 0
+        self.redispatches = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.per_client: dict[str, int] = {}
+        self._accepting = True
+
+    def buildProtocol(self, addr: Any) -> SpliceSession:
+        return SpliceSession(self)
+
+    # -- connection accounting (maxconn pauses accepting: the listen backlog holds the rest)
+
+    def session_started(self, session: SpliceSession) -> None:
+        self.current += 1
+        self.total += 1
+        if self.current > self.max_current:
+            self.max_current = self.current
+        if self.current >= self.config.maxconn and self._accepting:
+            self._accepting = False
+            for port in self.ports:
+                port.stopReading()  # type: ignore[attr-defined]
+
+    def session_ended(self, session: SpliceSession) -> None:
+        self.current -= 1
+        self.bytes_in += session.bytes_from_client
+        self.bytes_out += session.bytes_to_client
+        if session.counted_client is not None:
+            left = self.per_client[session.counted_client] - 1
+            if left:
+                self.per_client[session.counted_client] = left
+            else:
+                del self.per_client[session.counted_client]
+        if not self._accepting and self.current < self.config.maxconn:
+            self._accepting = True
+            for port in self.ports:
+                port.startReading()  # type: ignore[attr-defined]
+
+
+class _ServerConnector(ClientFactory):
+    """One connection attempt to one server on behalf of one session."""
+
+    noisy = False
+
+    def __init__(self, session: SpliceSession, server: Server) -> None:
+        self.session = session
+        self.server = server
+
+    def buildProtocol(self, addr: Any) -> _ServerSide:
+        return _ServerSide(self.session, self.server)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.session.attempt_failed(self.server, "S", reason.getErrorMessage())
+
+
+class _ServerSide(Protocol):
+    """The relaybal → server half of a splice."""
+
+    def __init__(self, session: SpliceSession, server: Server) -> None:
+        self.session = session
+        self.server = server
+        self.banner = b""
+        self.spliced = False
+
+    def connectionMade(self) -> None:
+        self.session.server_connected(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.spliced:
+            session = self.session
+            session.bytes_to_client += len(data)
+            session.last_activity = session.seconds()
+            session.client_turn = True
+            session.transport.write(data)  # type: ignore[union-attr]
+        else:
+            self.banner += data
+            self.session.banner_data(self)
+
+    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
+        self.session.server_lost(self, reason)
+
+
+class SpliceSession(Protocol):
+    """The client half of a splice, and the state of the whole connection."""
+
+    def __init__(self, frontend: SpliceFrontend) -> None:
+        self.frontend = frontend
+        self.backend = frontend.backend
+        self.reactor = frontend.reactor
+        self.seconds = frontend.reactor.seconds
+        self.state = PROXY_WAIT
+        self.accepted = 0.0
+        self.client: tuple[str, int] | None = None
+        self.destination: tuple[str, int] | None = None
+        self.counted_client: str | None = None
+        self.pending = b""
+        self.server: Server | None = None
+        self.server_side: _ServerSide | None = None
+        self.spliced_server: Server | None = None
+        self.connector: Any = None
+        self.tried: list[Server] = []
+        self.attempts = 0
+        self.max_attempts = 1
+        self.redispatched = 0
+        self.timer: IDelayedCall | None = None
+        self.cancel_wait: Any = None
+        self.t_queue = -1.0
+        self.t_connect = -1.0
+        self.bytes_from_client = 0
+        self.bytes_to_client = 0
+        self.last_activity = 0.0
+        self.client_turn = True
+        self.termination = "--"
+        self.detail = ""
+
+    # -- accept
+
+    def connectionMade(self) -> None:
+        self.accepted = self.last_activity = self.seconds()
+        fe = self.frontend
+        fe.session_started(self)
+        transport = self.transport
+        assert transport is not None
+        self.client = _client_ip(transport.getPeer())
+        self.destination = _client_ip(transport.getHost())
+        if self.client is not None and fe.config.accept_proxy and _in_networks(
+            self.client[0], fe.config.accept_proxy
+        ):
+            # Trusted source: a PROXY header is required before anything else.
+            self.timer = self.reactor.callLater(fe.config.proxy_timeout, self._proxy_timeout)
+            return
+        transport.pauseProducing()  # type: ignore[attr-defined]
+        self._client_known()
+
+    def _client_known(self) -> None:
+        """The real client address is known: apply per-client limits, find a server."""
+        fe = self.frontend
+        limit = fe.config.maxconn_per_client
+        if self.client is not None and limit:
+            host = self.client[0]
+            count = fe.per_client.get(host, 0)
+            if count >= limit:
+                self._refuse(b"421 4.7.0 Too many connections from your address\r\n", "R-")
+                return
+            fe.per_client[host] = count + 1
+            self.counted_client = host
+        self.state = CONNECTING
+        servers = self.backend.usable_count()
+        retries = self.backend.config.retries
+        self.max_attempts = max(retries, servers, 1) if self.backend.config.redispatch else max(
+            retries, 1
+        )
+        self._next_attempt()
+
+    # -- PROXY header in
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state == DATA:
+            self.bytes_from_client += len(data)
+            self.last_activity = self.seconds()
+            self.client_turn = False
+            self.server_side.transport.write(data)  # type: ignore[union-attr]
+        elif self.state == PROXY_WAIT:
+            self._proxy_data(data)
+        else:
+            # Only reachable if data was already in flight when reading paused.
+            self.pending += data
+
+    def _proxy_data(self, data: bytes) -> None:
+        self.pending += data
+        result = proxyproto.parse(self.pending)
+        if isinstance(result, proxyproto.Incomplete):
+            return
+        self._cancel_timer()
+        if isinstance(result, proxyproto.Invalid):
+            self.detail = f"bad PROXY header: {result.reason}"
+            self._close("PP")
+            return
+        header = result.header
+        self.pending = self.pending[result.consumed :]
+        if header.command == "PROXY" and header.source is not None and header.family in (
+            "TCP4",
+            "TCP6",
+        ):
+            self.client = header.source
+            self.destination = header.destination
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._client_known()
+
+    def _proxy_timeout(self) -> None:
+        self.timer = None
+        self.detail = "no PROXY header in time"
+        self._close("cP")
+
+    # -- choosing and connecting to a server
+
+    def _next_attempt(self) -> None:
+        backend = self.backend
+        key = self.client[0].encode() if self.client is not None else None
+        exclude = self.tried if self.backend.config.redispatch else ()
+        if self.tried and not self.backend.config.redispatch:
+            server: Server | None = self.tried[-1] if self.tried[-1].usable else None
+        else:
+            server = backend.pick(key, exclude)
+            if server is None and self.tried and backend.config.redispatch:
+                # Every server was tried once: go round again while attempts remain.
+                server = backend.pick(key, ())
+        if server is None:
+            if backend.can_queue(exclude) and self.state != QUEUED:
+                self._enqueue(exclude)
+                return
+            self._no_server("no server available" if not self.tried else self.detail)
+            return
+        if self.tried:
+            self.frontend.retries += 1
+            if server is not self.tried[-1]:
+                self.redispatched += 1
+                self.frontend.redispatches += 1
+        self.attempts += 1
+        self.server = server
+        server.acquire()
+        addr = server.config.address
+        self.state = CONNECTING
+        self.connector = self.reactor.connectTCP(
+            addr.host,
+            addr.port,
+            _ServerConnector(self, server),
+            timeout=self.backend.config.timeout_connect,
+        )
+
+    def _enqueue(self, exclude: Sequence[Server]) -> None:
+        self.state = QUEUED
+        queued_at = self.seconds()
+
+        def ready() -> None:
+            self.cancel_wait = None
+            self.t_queue = self.seconds() - queued_at
+            self.state = CONNECTING
+            self._next_attempt()
+
+        def expired() -> None:
+            self.cancel_wait = None
+            self.t_queue = self.seconds() - queued_at
+            self.detail = "queue timeout"
+            self._no_server("queue timeout", "sQ")
+
+        try:
+            self.cancel_wait = self.backend.wait(ready, self.backend.config.timeout_queue, expired)
+        except QueueFull:
+            self._no_server("queue full", "RQ")
+
+    def attempt_failed(self, server: Server, who: str, why: str) -> None:
+        """A connection attempt (or its banner) failed; retry, redispatch or give up."""
+        self.connector = None
+        self.server_side = None
+        self.server = None
+        server.release()
+        server.record_failure()
+        self.tried.append(server)
+        self.detail = f"{server.name}: {why}"
+        self._cancel_timer()
+        if self.state == CLOSED:
+            return
+        log.debug(
+            "{frontend}: attempt {n} on {backend}/{server} failed: {why}",
+            frontend=self.frontend.name,
+            n=self.attempts,
+            backend=self.backend.name,
+            server=server.name,
+            why=why,
+        )
+        if self.attempts >= self.max_attempts:
+            self._no_server(self.detail, who + "C")
+            return
+        self._next_attempt()
+
+    def server_connected(self, side: _ServerSide) -> None:
+        if self.state == CLOSED:
+            side.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self.connector = None
+        self.server_side = side
+        self.t_connect = self.seconds() - self.accepted - max(self.t_queue, 0.0)
+        config = self.backend.config
+        transport = side.transport
+        assert transport is not None
+        if config.send_proxy != "none":
+            encode = proxyproto.encode_v2 if config.send_proxy == "v2" else proxyproto.encode_v1
+            transport.write(encode(self.client, self.destination))
+        if config.verify_banner:
+            self.state = BANNER
+            self.timer = self.reactor.callLater(config.timeout_banner, self._banner_timeout)
+        else:
+            self._splice()
+
+    def banner_data(self, side: _ServerSide) -> None:
+        if self.state != BANNER:
+            return
+        banner = side.banner
+        # The greeting may be multi-line ("220-…" lines, then "220 …"): wait for the last.
+        start = 0
+        while True:
+            end = banner.find(b"\n", start)
+            if end < 0:
+                if len(banner) > MAX_BANNER:
+                    self._bad_banner(side, "greeting too long")
+                return
+            line = banner[start : end + 1]
+            if len(line) < 4 or not line[:3].isdigit() or line[3:4] not in b"- \r\n":
+                self._bad_banner(side, "malformed greeting " + repr(line[:80].decode("latin-1")))
+                return
+            if line[3:4] != b"-":
+                break
+            start = end + 1
+        if line[:3] == b"220":
+            self._cancel_timer()
+            self._splice()
+        else:
+            text = line.rstrip(b"\r\n").decode("utf-8", "replace")[:200]
+            self._bad_banner(side, f"greeting {text!r}")
+
+    def _bad_banner(self, side: _ServerSide, why: str) -> None:
+        server = side.server
+        self.server_side = None
+        side.session = _Detached  # type: ignore[assignment]
+        transport = side.transport
+        assert transport is not None
+        transport.write(b"QUIT\r\n")
+        transport.loseConnection()
+        self.state = CONNECTING
+        self.attempt_failed(server, "S", why)
+
+    def _banner_timeout(self) -> None:
+        self.timer = None
+        side = self.server_side
+        if side is None:
+            return
+        server = side.server
+        self.server_side = None
+        side.session = _Detached  # type: ignore[assignment]
+        side.transport.abortConnection()  # type: ignore[union-attr]
+        self.state = CONNECTING
+        self.attempt_failed(server, "s", "no greeting in time")
+
+    # -- the splice
+
+    def _splice(self) -> None:
+        side = self.server_side
+        assert side is not None and self.transport is not None and side.transport is not None
+        self.state = DATA
+        self.spliced_server = side.server
+        side.spliced = True
+        client = self.transport
+        server = side.transport
+        if side.banner:
+            self.bytes_to_client += len(side.banner)
+            client.write(side.banner)
+            side.banner = b""
+        if self.pending:
+            self.bytes_from_client += len(self.pending)
+            server.write(self.pending)
+            self.pending = b""
+        # Each side throttles the other: a slow reader pauses the fast writer's socket.
+        server.registerProducer(client, True)  # type: ignore[attr-defined]
+        client.registerProducer(server, True)  # type: ignore[attr-defined]
+        client.resumeProducing()  # type: ignore[attr-defined]
+        self.last_activity = self.seconds()
+        self.client_turn = True
+        self._arm_idle(self.frontend.config.timeout_client)
+
+    def _arm_idle(self, delay: float) -> None:
+        self.timer = self.reactor.callLater(delay, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """Close a session nobody has moved bytes on for the waiting side's timeout.
+
+        Whose turn it is decides which timeout applies: after the server spoke the
+        client is expected (timeout_client), after the client spoke the server is
+        (timeout_server). One timer per session, re-armed lazily, so the data path
+        only records a timestamp.
+        """
+        self.timer = None
+        if self.state != DATA:
+            return
+        limit = (
+            self.frontend.config.timeout_client
+            if self.client_turn
+            else self.backend.config.timeout_server
+        )
+        idle = self.seconds() - self.last_activity
+        if idle >= limit:
+            self.detail = "idle timeout"
+            self._close("cD" if self.client_turn else "sD")
+        else:
+            self._arm_idle(limit - idle)
+
+    def server_lost(self, side: _ServerSide, reason: Failure) -> None:
+        if side is not self.server_side:
+            return
+        if self.state == DATA:
+            if self.termination == "--" and not reason.check(ConnectionDone):
+                self.termination = "SD"
+                self.detail = reason.getErrorMessage()
+            self.server_side = None
+            self._finish_server(side)
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        elif self.state == BANNER:
+            self.server_side = None
+            self.state = CONNECTING
+            self.attempt_failed(side.server, "S", "closed before greeting")
+
+    def _finish_server(self, side: _ServerSide) -> None:
+        server = side.server
+        if self.server is server:
+            self.server = None
+            server.bytes_in += self.bytes_from_client
+            server.bytes_out += self.bytes_to_client
+            server.release()
+
+    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
+        if self.state == DATA and self.termination == "--" and self.server_side is not None:
+            if not reason.check(ConnectionDone):
+                self.termination = "CD"
+                self.detail = reason.getErrorMessage()
+        elif self.state in (PROXY_WAIT, QUEUED, CONNECTING, BANNER) and self.termination == "--":
+            self.termination = "C" + self.state
+        self.state = CLOSED
+        self._cancel_timer()
+        if self.cancel_wait is not None:
+            self.cancel_wait()
+            self.cancel_wait = None
+        if self.connector is not None:
+            try:
+                self.connector.stopConnecting()
+            except Exception:
+                pass
+        side = self.server_side
+        if side is not None:
+            self.server_side = None
+            side.session = _Detached  # type: ignore[assignment]
+            if side.transport is not None:
+                side.transport.loseConnection()
+            self._finish_server(side)
+        self.frontend.session_ended(self)
+        self._log()
+
+    # -- endings
+
+    def _no_server(self, why: str, termination: str = "SC") -> None:
+        self.frontend.no_server += 1
+        self.detail = why
+        self._refuse(self.frontend.no_server_reply, termination)
+
+    def _refuse(self, reply: bytes, termination: str) -> None:
+        self.termination = termination
+        self.frontend.errors += 1
+        transport = self.transport
+        assert transport is not None
+        self.bytes_to_client += len(reply)
+        transport.write(reply)
+        transport.loseConnection()
+
+    def _close(self, termination: str) -> None:
+        self.termination = termination
+        self.frontend.errors += 1
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _log(self) -> None:
+        now = self.seconds()
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "unix"
+        if self.spliced_server is not None:
+            server, srvconn = self.spliced_server.name, self.spliced_server.load
+        elif self.tried:
+            server, srvconn = self.tried[-1].name, self.tried[-1].load
+        else:
+            server, srvconn = "<NOSRV>", 0
+        tw = int(self.t_queue * 1000) if self.t_queue >= 0 else -1
+        tc = int(self.t_connect * 1000) if self.t_connect >= 0 else -1
+        tt = int((now - self.accepted) * 1000)
+        fe = self.frontend
+        log.info(
+            "{client} [{date}] {frontend} {backend}/{server} {tw}/{tc}/{tt} "
+            "{bytes_out} {bytes_in} {termination} {feconn}/{beconn}/{srvconn}/{retries}"
+            "{detail_sep}{detail}",
+            client=client,
+            date=_format_time(self.accepted),
+            frontend=fe.name,
+            backend=self.backend.name,
+            server=server,
+            tw=tw,
+            tc=tc,
+            tt=tt,
+            bytes_out=self.bytes_to_client,
+            bytes_in=self.bytes_from_client,
+            termination=self.termination,
+            feconn=fe.current,
+            beconn=sum(s.load for s in self.backend.servers),
+            srvconn=srvconn,
+            retries=max(self.attempts - 1, 0),
+            detail_sep=" " if self.detail else "",
+            detail=f'"{self.detail}"' if self.detail else "",
+        )
+
+
+class _DetachedSession:
+    """Stands in for a session an abandoned server connection no longer belongs to."""
+
+    def server_connected(self, side: _ServerSide) -> None:
+        side.transport.loseConnection()  # type: ignore[union-attr]
+
+    def banner_data(self, side: _ServerSide) -> None:
+        pass
+
+    def server_lost(self, side: _ServerSide, reason: Failure) -> None:
+        pass
+
+
+_Detached = _DetachedSession()

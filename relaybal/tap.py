@@ -1,0 +1,74 @@
+"""twistd wiring: options and ``makeService``.
+
+This module and :mod:`relaybal.cli` are the only places that read the
+configuration file and build objects from it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from twisted.application.service import IService
+from twisted.logger import ILogObserver, jsonFileLogObserver
+from twisted.python import usage
+
+from relaybal.config import Config, ConfigError, ConfigFileError, load_config
+
+DEFAULT_CONFIG = "/etc/relaybal/relaybal.toml"
+
+
+def load_or_exit(path: str, stderr: TextIO | None = None) -> Config:
+    """Load a configuration or print every problem and exit (1: invalid, 2: unreadable)."""
+    err = stderr if stderr is not None else sys.stderr
+    try:
+        return load_config(path)
+    except ConfigFileError as e:
+        print(e, file=err)
+        raise SystemExit(2) from None
+    except ConfigError as e:
+        for line in e.lines():
+            print(line, file=err)
+        raise SystemExit(1) from None
+
+
+def json_observer_factory(logfile: str | None) -> Callable[[], ILogObserver]:
+    """A twistd ``--logger`` factory writing one JSON event per line."""
+
+    def make() -> ILogObserver:
+        out: TextIO
+        if not logfile or logfile == "-":
+            out = sys.stdout
+        else:
+            out = open(logfile, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+        return jsonFileLogObserver(out)
+
+    return make
+
+
+class Options(usage.Options):
+    """``twistd relaybal`` options."""
+
+    synopsis = "[-c FILE] [--log-format text|json]"
+    optParameters = [
+        ["config", "c", DEFAULT_CONFIG, "configuration file (TOML)"],
+        ["log-format", None, "text", "log format: text or json"],
+    ]
+
+    def postOptions(self) -> None:
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("--log-format must be text or json")
+        self["config_obj"] = load_or_exit(self["config"])
+        parent: Any = getattr(self, "parent", None)
+        if self["log-format"] == "json" and parent is not None and "logger" in parent:
+            if not parent["logger"]:
+                parent["logger"] = json_observer_factory(parent.get("logfile"))
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    from relaybal.service import RelaybalService
+
+    return RelaybalService(options["config_obj"], reactor)

@@ -183,7 +183,9 @@ class Problem:
     message: str
 
     def format(self, source: str) -> str:
-        return f"{source}: {self.path}: {self.message}" if self.path else f"{source}: {self.message}"
+        return (
+            f"{source}: {self.path}: {self.message}" if self.path else f"{source}: {self.message}"
+        )
 
 
 class ConfigError(Exception):
@@ -212,7 +214,9 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _SIZE = re.compile(r"^(\d+)([KMG]?)$")
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$"
+)
 
 
 def _show(value: object) -> str:
@@ -224,14 +228,14 @@ def _show(value: object) -> str:
 def duration(value: object) -> float:
     """Seconds from ``"250ms"``, ``"5s"``, ``"1m"``, ``"2h"``, ``"1d"`` or a bare integer."""
     if isinstance(value, bool):
-        raise _Bad(f"{_show(value)} is not a duration (expected e.g. \"5s\", \"250ms\", \"1m\")")
+        raise _Bad(f'{_show(value)} is not a duration (expected e.g. "5s", "250ms", "1m")')
     if isinstance(value, int) and value >= 0:
         return float(value)
     if isinstance(value, str):
         m = _DURATION.match(value.strip())
         if m:
             return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    raise _Bad(f"{_show(value)} is not a duration (expected e.g. \"5s\", \"250ms\", \"1m\")")
+    raise _Bad(f'{_show(value)} is not a duration (expected e.g. "5s", "250ms", "1m")')
 
 
 def size(value: object) -> int:
@@ -242,7 +246,7 @@ def size(value: object) -> int:
         m = _SIZE.match(value.strip())
         if m:
             return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
-    raise _Bad(f"{_show(value)} is not a size (expected e.g. \"64K\", \"50M\")")
+    raise _Bad(f'{_show(value)} is not a size (expected e.g. "64K", "50M")')
 
 
 def address(value: object) -> Address:
@@ -277,13 +281,15 @@ def network(value: object) -> IPNetwork:
             return ipaddress.ip_network(value.strip(), strict=False)
         except ValueError:
             pass
-    raise _Bad(f"{_show(value)} is not a network (expected e.g. \"10.0.0.0/8\" or \"::1\")")
+    raise _Bad(f'{_show(value)} is not a network (expected e.g. "10.0.0.0/8" or "::1")')
 
 
 def endpoint(value: object) -> str:
     """A Twisted server endpoint string; checked by parsing it without listening."""
     if not isinstance(value, str) or ":" not in value:
-        raise _Bad(f"{_show(value)} is not an endpoint (expected e.g. \"tcp:2525:interface=127.0.0.1\")")
+        raise _Bad(
+            f'{_show(value)} is not an endpoint (expected e.g. "tcp:2525:interface=127.0.0.1")'
+        )
     from twisted.internet import endpoints, reactor
 
     kind = value.split(":", 1)[0]
@@ -291,19 +297,25 @@ def endpoint(value: object) -> str:
         # Building a systemd endpoint needs the inherited descriptors; only the syntax
         # is checked here.
         if not re.match(r"^systemd:domain=(INET6?|UNIX):index=\d+$", value):
-            raise _Bad(f"{_show(value)} is not a systemd endpoint (expected systemd:domain=INET:index=0)")
+            raise _Bad(
+                f"{_show(value)} is not a systemd endpoint (expected systemd:domain=INET:index=0)"
+            )
         return value
     try:
         endpoints.serverFromString(reactor, value)
     except Exception as e:  # the endpoint parsers raise a variety of types
-        raise _Bad(f"{_show(value)} is not a valid endpoint: {e} (expected e.g. \"tcp:25\")") from None
+        raise _Bad(
+            f'{_show(value)} is not a valid endpoint: {e} (expected e.g. "tcp:25")'
+        ) from None
     return value
 
 
 def client_endpoint(value: object) -> str:
     """A Twisted client endpoint string, e.g. ``tcp:host=127.0.0.1:port=10040``."""
     if not isinstance(value, str) or ":" not in value:
-        raise _Bad(f"{_show(value)} is not a client endpoint (expected e.g. \"tcp:host=127.0.0.1:port=10040\")")
+        raise _Bad(
+            f'{_show(value)} is not a client endpoint (expected e.g. "tcp:host=127.0.0.1:port=10040")'
+        )
     from twisted.internet import endpoints, reactor
 
     try:
@@ -316,7 +328,7 @@ def client_endpoint(value: object) -> str:
 def hostname(value: object) -> str:
     if isinstance(value, str) and _HOSTNAME.match(value):
         return value
-    raise _Bad(f"{_show(value)} is not a host name (expected e.g. \"mx.example.com\")")
+    raise _Bad(f'{_show(value)} is not a host name (expected e.g. "mx.example.com")')
 
 
 def text(value: object) -> str:
@@ -339,8 +351,11 @@ def boolean(value: object) -> bool:
 
 def integer(lo: int, hi: int | None = None) -> Callable[[object], int]:
     def convert(value: object) -> int:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= lo and (
-            hi is None or value <= hi
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and value >= lo
+            and (hi is None or value <= hi)
         ):
             return value
         expected = f"an integer {lo}-{hi}" if hi is not None else f"an integer >= {lo}"
@@ -514,7 +529,9 @@ def _read_frontend(name: str, r: _Reader, global_: GlobalConfig) -> FrontendConf
         )
         auth.finish()
     if kw["require_tls"] and "tls" not in kw:
-        r.error("require_tls", "needs a tls table (STARTTLS cannot be offered without a certificate)")
+        r.error(
+            "require_tls", "needs a tls table (STARTTLS cannot be offered without a certificate)"
+        )
     r.finish()
     return FrontendConfig(**kw)
 
@@ -685,7 +702,11 @@ def _check_listeners(
 ) -> None:
     """Two listeners on one endpoint would fail at start-up; say so now."""
     seen: dict[str, str] = {}
-    places = [(f"frontend.{n}.listen[{i}]", e) for n, fe in frontends.items() for i, e in enumerate(fe.listen)]
+    places = [
+        (f"frontend.{n}.listen[{i}]", e)
+        for n, fe in frontends.items()
+        for i, e in enumerate(fe.listen)
+    ]
     if admin.http:
         places.append(("admin.http", admin.http))
     for path, ep in places:

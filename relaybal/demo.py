@@ -55,7 +55,7 @@ class _DemoClient(LineOnlyReceiver):
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
         self.step += 1
-        self.sendLine(command)
+        self.transport.write(command + b"\r\n")  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Any = None) -> None:
         self.done(self.ok)
@@ -77,9 +77,7 @@ class _DemoClientFactory(ClientFactory):
 def _bar(done: int, total: int, out: TextIO, width: int = 40) -> None:
     """Redraw the progress bar when it changes (on a terminal), or once at the end."""
     filled = width * done // total
-    if done != total and (
-        not out.isatty() or filled == width * (done - 1) // total and done % 10
-    ):
+    if done != total and (not out.isatty() or (filled == width * (done - 1) // total and done % 10)):
         return
     out.write(f"\r  sending [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
     out.flush()
@@ -136,8 +134,10 @@ def demo_config(sink_ports: list[int]) -> dict[str, Any]:
 def table(service: RelaybalService, sinks: list[SinkFactory]) -> str:
     backend = service.backends["sinks"]
     total = sum(s.total for s in backend.servers) or 1
-    rows = [f"  {'server':<8} {'address':<18} {'weight':>6} {'connections':>11} {'share':>7} "
-            f"{'messages at server':>18}"]
+    rows = [
+        f"  {'server':<8} {'address':<18} {'weight':>6} {'connections':>11} {'share':>7} "
+        f"{'messages at server':>18}"
+    ]
     for server, sink in zip(backend.servers, sinks, strict=True):
         rows.append(
             f"  {server.name:<8} {server.config.address!s:<18} {server.weight:>6} "
@@ -162,7 +162,7 @@ async def _demo(reactor: Any, once: bool, messages: int, out: TextIO) -> int:
     service = RelaybalService(config, reactor)
     service.privilegedStartService()
     service.startService()
-    port = service.frontends["demo"].ports[0].getHost().port
+    port = service.frontends["demo"].ports[0].getHost().port  # type: ignore[attr-defined]
     out.write(
         f"relaybal demo: splice frontend on 127.0.0.1:{port} → "
         f"sink1 127.0.0.1:{sink_ports[0]}, sink2 127.0.0.1:{sink_ports[1]} (roundrobin)\n"
@@ -176,7 +176,7 @@ async def _demo(reactor: Any, once: bool, messages: int, out: TextIO) -> int:
             " Ctrl-C stops it.\n"
         )
         await defer.Deferred()  # until Ctrl-C stops the reactor
-    await service.stopService()
+    await defer.maybeDeferred(service.stopService)
     return 0 if ok == messages else 1
 
 

@@ -28,13 +28,11 @@ class RelaybalService(MultiService):
     """Owns the backends and frontends of one configuration and their listeners."""
 
     def __init__(self, config: Config, reactor: Any, rng: random.Random | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
         self.reactor = reactor
         rng = rng if rng is not None else random.Random()
-        self.backends = {
-            name: Backend(bc, reactor, rng) for name, bc in config.backends.items()
-        }
+        self.backends = {name: Backend(bc, reactor, rng) for name, bc in config.backends.items()}
         self.frontends: dict[str, SpliceFrontend] = {}
         for name, fc in config.frontends.items():
             if fc.mode == "splice":
@@ -66,7 +64,7 @@ class RelaybalService(MultiService):
             for port in self.ports:
                 port.stopListening()
             raise SystemExit(1)
-        super().privilegedStartService()
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
 
     def _listen(self, ep: str, factory: Any) -> IListeningPort:
         d: Deferred[IListeningPort] = endpoints.serverFromString(self.reactor, ep).listen(factory)
@@ -79,7 +77,7 @@ class RelaybalService(MultiService):
         return result[0]
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         for name, frontend in self.frontends.items():
             log.info(
                 "frontend {name} ({mode}) listening on {where} → backend {backend}",
@@ -93,4 +91,4 @@ class RelaybalService(MultiService):
         for port in self.ports:
             port.stopListening()
         self.ports.clear()
-        return super().stopService()  # type: ignore[no-any-return]
+        return super().stopService()  # type: ignore[no-untyped-call,no-any-return]

@@ -37,11 +37,8 @@ def json_observer_factory(logfile: str | None) -> Callable[[], ILogObserver]:
     """A twistd ``--logger`` factory writing one JSON event per line."""
 
     def make() -> ILogObserver:
-        out: TextIO
-        if not logfile or logfile == "-":
-            out = sys.stdout
-        else:
-            out = open(logfile, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+        # The file lives as long as the process.
+        out = sys.stdout if not logfile or logfile == "-" else open(logfile, "a", encoding="utf-8")  # noqa: SIM115
         return jsonFileLogObserver(out)
 
     return make
@@ -59,11 +56,13 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError("--log-format must be text or json")
+        from relaybal import reactor
+
+        reactor.install()  # before anything imports the default one
         self["config_obj"] = load_or_exit(self["config"])
         parent: Any = getattr(self, "parent", None)
-        if self["log-format"] == "json" and parent is not None and "logger" in parent:
-            if not parent["logger"]:
-                parent["logger"] = json_observer_factory(parent.get("logfile"))
+        if self["log-format"] == "json" and parent is not None and not parent.get("logger", True):
+            parent["logger"] = json_observer_factory(parent.get("logfile"))
 
 
 def makeService(options: Options) -> IService:

@@ -116,10 +116,26 @@ def test_frontend_errors(patch: dict[str, object], path: str, fragment: str) -> 
         ({"stick": {"on": "dst"}}, "backend.mx.stick.on", "expected one of: src"),
         ({"server": []}, "backend.mx.server", "not a list of tables"),
         ({"server": [{"address": "a.example:25"}]}, "backend.mx.server[0].name", "is required"),
-        ({"server": [{"name": "a", "address": "[::1]"}]}, "backend.mx.server[0].address", "no port"),
-        ({"server": [{"name": "a", "address": "h:70000"}]}, "backend.mx.server[0].address", "bad port"),
-        ({"server": [{"name": "a", "address": "h:25", "weight": 0}]}, "backend.mx.server", "weight 0"),
-        ({"server": [{"name": "a", "address": "h:25", "state": "up"}]}, "backend.mx.server[0].state", "ready, drain, maint"),
+        (
+            {"server": [{"name": "a", "address": "[::1]"}]},
+            "backend.mx.server[0].address",
+            "no port",
+        ),
+        (
+            {"server": [{"name": "a", "address": "h:70000"}]},
+            "backend.mx.server[0].address",
+            "bad port",
+        ),
+        (
+            {"server": [{"name": "a", "address": "h:25", "weight": 0}]},
+            "backend.mx.server",
+            "weight 0",
+        ),
+        (
+            {"server": [{"name": "a", "address": "h:25", "state": "up"}]},
+            "backend.mx.server[0].state",
+            "ready, drain, maint",
+        ),
     ],
 )
 def test_backend_errors(patch: dict[str, object], path: str, fragment: str) -> None:
@@ -146,7 +162,9 @@ def test_duplicate_listener() -> None:
             "b": {"mode": "splice", "listen": ["tcp:2525"], "backend": "mx"},
         },
     }
-    assert problems(data) == ['f.toml: frontend.b.listen[0]: "tcp:2525" is already used by frontend.a.listen[0]']
+    assert problems(data) == [
+        'f.toml: frontend.b.listen[0]: "tcp:2525" is already used by frontend.a.listen[0]'
+    ]
 
 
 def test_relay_frontend_keys() -> None:
@@ -165,14 +183,32 @@ def test_relay_frontend_keys() -> None:
 
 
 def test_networks_and_addresses() -> None:
-    data = {**MINIMAL, "frontend": {"smtp": {**MINIMAL["frontend"]["smtp"], "accept_proxy": ["10.0.0.0/8", "::1", "192.0.2.7"]}}}  # type: ignore[dict-item]
+    data = {
+        **MINIMAL,
+        "frontend": {
+            "smtp": {
+                **MINIMAL["frontend"]["smtp"],
+                "accept_proxy": ["10.0.0.0/8", "::1", "192.0.2.7"],
+            }
+        },
+    }  # type: ignore[dict-item]
     fe = parse_config(data).frontends["smtp"]
     assert fe.accept_proxy == (
         ipaddress.ip_network("10.0.0.0/8"),
         ipaddress.ip_network("::1/128"),
         ipaddress.ip_network("192.0.2.7/32"),
     )
-    data = {**MINIMAL, "backend": {"mx": {"server": [{"name": "v6", "address": "[2001:db8::5]:25"}, {"name": "h", "address": "gw1.example.net:2525"}]}}}
+    data = {
+        **MINIMAL,
+        "backend": {
+            "mx": {
+                "server": [
+                    {"name": "v6", "address": "[2001:db8::5]:25"},
+                    {"name": "h", "address": "gw1.example.net:2525"},
+                ]
+            }
+        },
+    }
     servers = parse_config(data).backends["mx"].servers
     assert servers[0].address == Address("2001:db8::5", 25) and str(servers[0].address) == "[2001:db8::5]:25"
     assert servers[1].address == Address("gw1.example.net", 2525)
@@ -180,13 +216,23 @@ def test_networks_and_addresses() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("250ms", 0.25), ("5s", 5.0), ("1m", 60.0), ("2h", 7200.0), ("1d", 86400.0), (7, 7.0), ("1.5s", 1.5)],
+    [
+        ("250ms", 0.25),
+        ("5s", 5.0),
+        ("1m", 60.0),
+        ("2h", 7200.0),
+        ("1d", 86400.0),
+        (7, 7.0),
+        ("1.5s", 1.5),
+    ],
 )
 def test_duration(text: object, seconds: float) -> None:
     assert duration(text) == seconds
 
 
-@pytest.mark.parametrize(("text", "n"), [("512", 512), ("64K", 65536), ("50M", 50 << 20), ("1G", 1 << 30), (10, 10)])
+@pytest.mark.parametrize(
+    ("text", "n"), [("512", 512), ("64K", 65536), ("50M", 50 << 20), ("1G", 1 << 30), (10, 10)]
+)
 def test_size(text: object, n: int) -> None:
     assert size(text) == n
 
@@ -215,15 +261,20 @@ def test_load_errors(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str])
     assert cli.main(["check-config", str(missing)]) == 2
     assert cli.main(["check-config", str(bad)]) == 2
     invalid = tmp_path / "invalid.toml"
-    invalid.write_text(textwrap.dedent("""
+    invalid.write_text(
+        textwrap.dedent("""
         [frontend.a]
         mode = "splice"
         listen = ["tcp:2525"]
         backend = "nope"
-    """))
+    """)
+    )
     assert cli.main(["check-config", str(invalid)]) == 1
     err = capsys.readouterr().err
     assert f'{invalid}: frontend.a.backend: no backend named "nope" (known: none)' in err
     good = tmp_path / "good.toml"
-    good.write_text(invalid.read_text().replace('"nope"', '"mx"') + '[[backend.mx.server]]\nname = "a"\naddress = "127.0.0.1:25"\n')
+    good.write_text(
+        invalid.read_text().replace('"nope"', '"mx"')
+        + '[[backend.mx.server]]\nname = "a"\naddress = "127.0.0.1:25"\n'
+    )
     assert cli.main(["check-config", str(good)]) == 0

@@ -7,6 +7,7 @@ frontends (the unit is a message). No reactor here: time comes from an injected
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import deque
 from collections.abc import Callable, Container, Sequence
@@ -78,8 +79,7 @@ class Server:
         """Count one more unit in flight on this server."""
         self.load += 1
         self.total += 1
-        if self.load > self.max_load:
-            self.max_load = self.load
+        self.max_load = max(self.max_load, self.load)
 
     def release(self) -> None:
         """A unit finished; lets a queued unit proceed."""
@@ -152,9 +152,9 @@ class Backend:
         usable backups share the load (HAProxy's ``option allbackups``).
         """
         tier, algorithm = self._tier(exclude)
-        candidates: Sequence[Candidate] = [s for s in tier if s.has_room] if any(
-            s.config.maxconn for s in tier
-        ) else tier
+        candidates: Sequence[Candidate] = (
+            [s for s in tier if s.has_room] if any(s.config.maxconn for s in tier) else tier
+        )
         chosen = algorithm.pick(candidates, key)
         return chosen  # type: ignore[return-value]  # always one of our Servers
 
@@ -201,10 +201,8 @@ class Backend:
         return cancel
 
     def _remove(self, waiter: _Waiter) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._waiting.remove(waiter)
-        except ValueError:
-            pass
 
     def _wake_one(self) -> None:
         if not self._waiting:

@@ -20,8 +20,9 @@ from relaybal.balance.base import Candidate
 
 @attrs.define
 class _Slot:
-    """Per-server state: the running current value and the last pick it took part in."""
+    """Per-server state: running current value, weight and last pick it took part in."""
 
+    weight: int
     current: int = 0
     seen: int = -1
 
@@ -36,16 +37,19 @@ class SmoothWeightedRoundRobin:
       picks of the heavier servers are spread between the lighter ones;
     * a weight change (slowstart, runtime ``set weight``) takes effect at the
       next pick, without restarting the rotation;
-    * a server that leaves the candidates (down, drained) is forgotten; when it
-      comes back, or a new one appears, it starts from a neutral value, so it
-      gets neither a burst nor a drought; the others keep their place in the
-      rotation.
+    * a server that leaves the candidates (down, drained, full) keeps its
+      place in the rotation while the others share its turns; when it comes
+      back its place is bounded to one period, so it gets at most about one
+      period's worth of catching up, and a new server starts from a neutral
+      place; a server that flaps still gets its share of the picks it was
+      there for.
     """
 
     def __init__(self, servers: Sequence[Candidate], rng: random.Random) -> None:
-        # Round robin needs neither the configured list nor randomness: state is
-        # created lazily from the candidates of each pick, keyed by name.
-        del servers, rng
+        # State is created lazily from the candidates of each pick, keyed by
+        # name; the configured list only serves to forget removed servers.
+        del rng
+        self._servers = servers
         self._state: dict[str, _Slot] = {}
         self._epoch = 0
         self._last_count = 0
@@ -70,47 +74,49 @@ class SmoothWeightedRoundRobin:
         best_current = 0
         for candidate in candidates:
             name = candidate.name
+            weight = candidate.effective_weight
             slot = state.get(name)
             if slot is None:
-                slot = state[name] = _Slot()
+                slot = state[name] = _Slot(weight)
                 changed = True
-            elif slot.seen != previous:
+            elif slot.seen != previous or slot.weight != weight:
+                slot.weight = weight
                 changed = True
             slot.seen = epoch
-            weight = candidate.effective_weight
             total += weight
             current = slot.current + weight
             slot.current = current
             if best_slot is None or current > best_current:
                 best, best_slot, best_current = candidate, slot, current
         if changed:
-            best, best_slot = self._recentre(candidates, epoch, total)
+            best, best_slot = self._normalise(candidates, total)
         assert best_slot is not None
         best_slot.current -= total
         return best
 
     def servers_changed(self) -> None:
-        """Nothing to rebuild: membership and weight changes are seen at the next pick."""
+        """Forget servers no longer configured; other changes are seen at the next pick."""
+        configured = {server.name for server in self._servers}
+        self._state = {name: slot for name, slot in self._state.items() if name in configured}
 
-    def _recentre(
-        self, candidates: Sequence[Candidate], epoch: int, total: int
-    ) -> tuple[Candidate, _Slot]:
-        """Forget departed servers and bring the current values back to a zero sum.
+    def _normalise(self, candidates: Sequence[Candidate], total: int) -> tuple[Candidate, _Slot]:
+        """Bound and re-centre the current values of the candidates.
+
+        Called after a change of candidates or weights; returns the new best
+        candidate and its slot.
 
         Each pick adds ``total`` to the sum of the current values and takes it
-        away again, so with a stable set the sum stays 0; that is what makes
-        every period exact. A departure takes its value with it and leaves the
-        others summing to its opposite, so the difference is spread evenly over
-        the remaining ones. Returns the new best candidate and its slot.
+        away again, so with a stable set the sum stays put; a zero sum is what
+        makes every period exact. A departure takes its value with it and leaves
+        the others summing to its opposite, so the difference is spread evenly
+        over the remaining ones. Values are first clamped to one period's worth
+        (``total``) so that a server whose weight dropped from 200 to 1 does not
+        carry a debt the new rotation would take hundreds of periods to repay.
         """
         state = self._state
-        self._state = state = {name: slot for name, slot in state.items() if slot.seen == epoch}
         slots = [state[candidate.name] for candidate in candidates]
-        excess = sum(slot.current for slot in slots) - total
-        if excess:
-            share, remainder = divmod(excess, len(slots))
-            for index, slot in enumerate(slots):
-                slot.current -= share + (1 if index < remainder else 0)
+        for slot in slots:
+            slot.current = max(-total, min(total, slot.current))
         best_index = 0
         for index, slot in enumerate(slots):
             if slot.current > slots[best_index].current:

@@ -21,10 +21,13 @@ class SinkSession(LineOnlyReceiver):
     def __init__(self) -> None:
         self.in_data = False
 
+    def _reply(self, line: bytes) -> None:
+        self.transport.write(line + b"\r\n")  # type: ignore[union-attr]
+
     def connectionMade(self) -> None:
         self.factory.connections += 1
         self.factory.current += 1
-        self.sendLine(f"220 {self.factory.hostname} ESMTP relaybal-sink".encode())
+        self._reply(f"220 {self.factory.hostname} ESMTP relaybal-sink".encode())
 
     def connectionLost(self, reason: Any = None) -> None:
         self.factory.current -= 1
@@ -34,7 +37,7 @@ class SinkSession(LineOnlyReceiver):
             if line == b".":
                 self.in_data = False
                 self.factory.messages += 1
-                self.sendLine(b"250 2.0.0 Ok: queued")
+                self._reply(b"250 2.0.0 Ok: queued")
             else:
                 self.factory.bytes += len(line) + 2
             return
@@ -45,28 +48,32 @@ class SinkSession(LineOnlyReceiver):
                 "250-ENHANCEDSTATUSCODES\r\n250 SIZE 0\r\n".encode()
             )
         elif verb == b"HELO":
-            self.sendLine(f"250 {self.factory.hostname}".encode())
+            self._reply(f"250 {self.factory.hostname}".encode())
         elif verb in (b"MAIL", b"RCPT", b"RSET", b"NOOP"):
-            self.sendLine(b"250 2.0.0 Ok")
+            self._reply(b"250 2.0.0 Ok")
         elif verb == b"DATA":
             self.in_data = True
-            self.sendLine(b"354 End data with <CR><LF>.<CR><LF>")
+            self._reply(b"354 End data with <CR><LF>.<CR><LF>")
         elif verb == b"QUIT":
-            self.sendLine(b"221 2.0.0 Bye")
+            self._reply(b"221 2.0.0 Bye")
             self.transport.loseConnection()  # type: ignore[union-attr]
         else:
-            self.sendLine(b"502 5.5.2 Error: command not recognized")
+            self._reply(b"502 5.5.2 Error: command not recognized")
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        self.sendLine(b"500 5.5.0 Line too long")
+        self._reply(b"500 5.5.0 Line too long")
         self.transport.loseConnection()  # type: ignore[union-attr]
 
 
 class SinkFactory(Factory):
     """Counts connections and messages across its sessions."""
 
-    protocol = SinkSession
     noisy = False
+
+    def buildProtocol(self, addr: Any) -> SinkSession:  # type: ignore[override]
+        session = SinkSession()
+        session.factory = self
+        return session
 
     def __init__(self, hostname: str = "sink.invalid") -> None:
         self.hostname = hostname

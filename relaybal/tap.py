@@ -7,7 +7,6 @@ configuration file and build objects from it.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import Any, TextIO
 
 from twisted.application.service import IService
@@ -33,15 +32,15 @@ def load_or_exit(path: str, stderr: TextIO | None = None) -> Config:
         raise SystemExit(1) from None
 
 
-def json_observer_factory(logfile: str | None) -> Callable[[], ILogObserver]:
-    """A twistd ``--logger`` factory writing one JSON event per line."""
+_json_logfile: list[str | None] = [None]
 
-    def make() -> ILogObserver:
-        # The file lives as long as the process.
-        out = sys.stdout if not logfile or logfile == "-" else open(logfile, "a", encoding="utf-8")  # noqa: SIM115
-        return jsonFileLogObserver(out)
 
-    return make
+def json_log_observer() -> ILogObserver:
+    """twistd ``--logger`` factory (named by ``--log-format json``): one JSON event a line."""
+    logfile = _json_logfile[0]
+    # The file lives as long as the process.
+    out = sys.stdout if not logfile or logfile == "-" else open(logfile, "a", encoding="utf-8")  # noqa: SIM115
+    return jsonFileLogObserver(out)
 
 
 class Options(usage.Options):
@@ -62,7 +61,8 @@ class Options(usage.Options):
         self["config_obj"] = load_or_exit(self["config"])
         parent: Any = getattr(self, "parent", None)
         if self["log-format"] == "json" and parent is not None and not parent.get("logger", True):
-            parent["logger"] = json_observer_factory(parent.get("logfile"))
+            _json_logfile[0] = parent.get("logfile")
+            parent["logger"] = "relaybal.tap.json_log_observer"
 
 
 def makeService(options: Options) -> IService:

@@ -432,6 +432,8 @@ def test_max_v2_length_is_configurable() -> None:
         b"PROXY TCP4 01",
         b"PROXY TCP4 256",
         b"PROXY TCP4 1.2.3.4.",
+        b"PROXY TCP4 1..",
+        b"PROXY TCP4 .",
         b"PROXY TCP4 1.2.3.4  ",
         b"PROXY TCP4 ::",
         b"PROXY TCP4 1.2.3 ",

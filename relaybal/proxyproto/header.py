@@ -8,7 +8,7 @@ from typing import Final
 import attrs
 
 #: Largest v1 line, CRLF included (HAProxy's doc/proxy-protocol.txt, section 2.1).
-V1_MAX_LENGTH: Final = 108
+V1_MAX_LENGTH: Final = 107
 
 #: The 12 bytes every v2 header starts with.
 V2_SIGNATURE: Final = b"\r\n\r\n\x00\r\nQUIT\n"

@@ -27,7 +27,6 @@ def examples(count: int) -> settings:
     return settings(max_examples=count, derandomize=True, database=None, deadline=None)
 
 
-
 def v2(version_command: int, family: int, block: bytes, length: int | None = None) -> bytes:
     """A v2 header built field by field, with the length taken from ``block`` by default."""
     size = len(block) if length is None else length
@@ -48,15 +47,15 @@ def parsed(result: ParseResult) -> Parsed:
 
 
 # A v2 TCP4 header written out byte by byte from the spec: 192.168.0.1:56324 -> 192.168.0.11:443.
-V2_TCP4_BY_HAND = bytes(
-    [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A]  # signature
-    + [0x21]  # version 2, command PROXY
-    + [0x11]  # AF_INET, STREAM
-    + [0x00, 0x0C]  # 12 bytes of addresses follow
-    + [192, 168, 0, 1]
-    + [192, 168, 0, 11]
-    + [0xDC, 0x04]  # 56324
-    + [0x01, 0xBB]  # 443
+V2_TCP4_BY_HAND = (
+    b"\x0d\x0a\x0d\x0a\x00\x0d\x0a\x51\x55\x49\x54\x0a"  # signature
+    b"\x21"  # version 2, command PROXY
+    b"\x11"  # AF_INET, STREAM
+    b"\x00\x0c"  # 12 bytes of addresses follow
+    b"\xc0\xa8\x00\x01"  # 192.168.0.1
+    b"\xc0\xa8\x00\x0b"  # 192.168.0.11
+    b"\xdc\x04"  # 56324
+    b"\x01\xbb"  # 443
 )
 
 V2_TCP6_WITH_TLVS = v2(
@@ -484,9 +483,7 @@ def test_valid_prefixes_are_incomplete(buffer: bytes) -> None:
 ipv4_text = st.ip_addresses(v=4).map(str)
 ipv6_text = st.ip_addresses(v=6).map(str)
 ports = st.integers(min_value=0, max_value=0xFFFF)
-tlv_lists = st.lists(
-    st.tuples(st.integers(min_value=0, max_value=0xFF), st.binary(max_size=40)), max_size=4
-)
+tlv_lists = st.lists(st.tuples(st.integers(min_value=0, max_value=0xFF), st.binary(max_size=40)), max_size=4)
 trailing = st.binary(max_size=64)
 
 
@@ -499,14 +496,10 @@ def same_family_pairs() -> st.SearchStrategy[tuple[str, str, str]]:
 
 @examples(300)
 @given(same_family_pairs(), ports, ports, trailing)
-def test_v1_round_trip(
-    addresses: tuple[str, str, str], src_port: int, dst_port: int, rest: bytes
-) -> None:
+def test_v1_round_trip(addresses: tuple[str, str, str], src_port: int, dst_port: int, rest: bytes) -> None:
     family, src, dst = addresses
     wire = encode_v1((src, src_port), (dst, dst_port))
-    assert parse(wire) == Parsed(
-        ProxyHeader(1, "PROXY", family, (src, src_port), (dst, dst_port)), len(wire)
-    )
+    assert parse(wire) == Parsed(ProxyHeader(1, "PROXY", family, (src, src_port), (dst, dst_port)), len(wire))
     result = parsed(parse(wire + rest))
     assert result.consumed == len(wire)
     assert (wire + rest)[result.consumed :] == rest
@@ -548,7 +541,8 @@ def test_mixed_families_round_trip_as_ipv4_mapped(
         assert (header.source, header.destination) == expected
 
 
-def ipv6_spellings(address: ipaddress.IPv6Address) -> st.SearchStrategy[str]:
+def ipv6_spellings(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> st.SearchStrategy[str]:
+    assert isinstance(address, ipaddress.IPv6Address)
     spellings = {address.compressed, address.exploded, address.compressed.upper()}
     if address.ipv4_mapped is not None:
         spellings.add(f"::ffff:{address.ipv4_mapped}")

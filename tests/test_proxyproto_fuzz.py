@@ -75,10 +75,7 @@ def check_against_twisted(buffer: bytes, result: ParseResult) -> None:
         return
     header = result.header
     wire = buffer[: result.consumed]
-    if header.version == 1:
-        info = V1Parser.parse(wire[:-2])
-    else:
-        info = V2Parser.parse(wire)
+    info = V1Parser.parse(wire[:-2]) if header.version == 1 else V2Parser.parse(wire)
     assert header.source is not None and header.destination is not None
     for ours, theirs in ((header.source, info.source), (header.destination, info.destination)):
         host, port = ours
@@ -110,9 +107,7 @@ def test_random_bytes_after_a_signature_are_consistent(prefix: bytes, tail: byte
 ports = st.integers(min_value=0, max_value=0xFFFF)
 ip_text = st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str))
 endpoints = st.tuples(ip_text, ports)
-tlv_lists = st.lists(
-    st.tuples(st.integers(min_value=0, max_value=0xFF), st.binary(max_size=12)), max_size=3
-)
+tlv_lists = st.lists(st.tuples(st.integers(min_value=0, max_value=0xFF), st.binary(max_size=12)), max_size=3)
 
 
 def unix_header(source: bytes, destination: bytes, tlvs: bytes) -> bytes:
@@ -230,7 +225,7 @@ def v1_lines(draw: st.DrawFn) -> bytes:
             # A short line, as a truncated or UNKNOWN one would be.
             del pieces[draw(st.integers(min_value=2, max_value=len(pieces) - 1)) :]
             del separators[len(pieces) - 1 :]
-    line = pieces[0] + "".join(sep + piece for sep, piece in zip(separators, pieces[1:]))
+    line = pieces[0] + "".join(sep + piece for sep, piece in zip(separators, pieces[1:], strict=True))
     return (line + ending).encode() + draw(st.binary(max_size=6))
 
 

@@ -6,8 +6,8 @@ import random
 from typing import Any
 
 import pytest
+from twisted.internet import error
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -65,7 +65,7 @@ class Harness:
         return proto, transport
 
     def refuse(self, factory: Any) -> None:
-        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        factory.clientConnectionFailed(None, Failure(error.ConnectionRefusedError()))
 
     def log_lines(self) -> list[str]:
         return [e["line"] for e in self.events if "line" in e]
@@ -100,9 +100,9 @@ def test_splice_moves_bytes_both_ways_and_logs(capture_log: list[dict[str, Any]]
     session.dataReceived(b"EHLO me\r\n")
     assert server.value() == b"EHLO me\r\n"
     assert h.backend.servers[0].load == 1
-    server_proto.connectionLost(Failure(ConnectionDone()))
+    server_proto.connectionLost(Failure(error.ConnectionDone()))
     assert client.disconnecting
-    session.connectionLost(Failure(ConnectionDone()))
+    session.connectionLost(Failure(error.ConnectionDone()))
     assert h.backend.servers[0].load == 0
     assert h.backend.servers[0].bytes_in == 9 and h.backend.servers[0].bytes_out == 14
     [line] = h.log_lines()
@@ -137,7 +137,7 @@ def test_refused_connection_redispatches_then_421(capture_log: list[dict[str, An
     assert host == "10.0.0.2"  # redispatched to the other server
     h.refuse(second)
     assert client.value() == NOT_AVAILABLE and client.disconnecting
-    session.connectionLost(Failure(ConnectionDone()))
+    session.connectionLost(Failure(error.ConnectionDone()))
     [line] = h.log_lines()
     assert " mx/b " in line and " SC " in line and "/1 " in line
     assert h.frontend.redispatches == 1
@@ -186,7 +186,7 @@ def test_banner_timeout_and_close_redispatch(capture_log: list[dict[str, Any]]) 
     assert ta.disconnecting
     _, _, fb = h.pending_connect()
     pb, _ = h.accept(fb)
-    pb.connectionLost(Failure(ConnectionLost()))
+    pb.connectionLost(Failure(error.ConnectionLost()))
     _, _, fc = h.pending_connect()  # every server tried once; round again
     assert len(h.reactor.tcpClients) == 3
     pc, _ = h.accept(fc)
@@ -218,7 +218,7 @@ def test_accept_proxy_from_trusted_network(capture_log: list[dict[str, Any]]) ->
     _, _, factory = h.pending_connect()
     _, server = h.accept(factory)
     assert server.value() == (b"PROXY TCP4 198.51.100.9 203.0.113.1 5555 25\r\nEHLO early\r\n")
-    session.connectionLost(Failure(ConnectionDone()))
+    session.connectionLost(Failure(error.ConnectionDone()))
     assert h.log_lines()[0].startswith("198.51.100.9:5555 [")
 
 
@@ -228,7 +228,7 @@ def test_accept_proxy_header_required_and_strict(capture_log: list[dict[str, Any
     session.dataReceived(b"EHLO x\r\n")  # not a PROXY header: closed, nothing forwarded
     assert client.disconnecting and client.value() == b""
     assert h.reactor.tcpClients == []
-    session.connectionLost(Failure(ConnectionDone()))
+    session.connectionLost(Failure(error.ConnectionDone()))
     assert " PP " in h.log_lines()[0]
     session2, client2 = h.client(port=40002)
     session2.dataReceived(b"PROXY TCP4 1.2.3.4 ")
@@ -276,8 +276,8 @@ def test_maxconn_queue_and_queue_timeout(capture_log: list[dict[str, Any]]) -> N
     p1, _ = h.accept(f1)
     s2, c2 = h.client(port=2)
     assert len(h.reactor.tcpClients) == 1 and h.backend.queue_length == 1
-    p1.connectionLost(Failure(ConnectionDone()))  # the first session ends: a slot frees
-    s1.connectionLost(Failure(ConnectionDone()))
+    p1.connectionLost(Failure(error.ConnectionDone()))  # the first session ends: a slot frees
+    s1.connectionLost(Failure(error.ConnectionDone()))
     assert len(h.reactor.tcpClients) == 2 and h.backend.queue_length == 0
     _, _, f2 = h.pending_connect()
     h.accept(f2)
@@ -285,7 +285,7 @@ def test_maxconn_queue_and_queue_timeout(capture_log: list[dict[str, Any]]) -> N
     assert h.backend.queue_length == 1
     h.reactor.advance(4)
     assert c3.value() == NOT_AVAILABLE and h.backend.queue_length == 0
-    s3.connectionLost(Failure(ConnectionDone()))
+    s3.connectionLost(Failure(error.ConnectionDone()))
     assert " sQ " in h.log_lines()[-1]
 
 
@@ -301,7 +301,7 @@ def test_idle_timeouts_follow_whose_turn_it_is(capture_log: list[dict[str, Any]]
     assert not client.disconnecting
     h.reactor.advance(10)
     assert client.disconnecting
-    session.connectionLost(Failure(ConnectionDone()))
+    session.connectionLost(Failure(error.ConnectionDone()))
     assert " sD " in h.log_lines()[-1]
     session2, client2 = h.client(port=40001)
     _, _, factory = h.pending_connect()
@@ -309,7 +309,7 @@ def test_idle_timeouts_follow_whose_turn_it_is(capture_log: list[dict[str, Any]]
     proto2.dataReceived(b"220 hi\r\n")
     h.reactor.advance(10)
     assert client2.disconnecting
-    session2.connectionLost(Failure(ConnectionDone()))
+    session2.connectionLost(Failure(error.ConnectionDone()))
     assert " cD " in h.log_lines()[-1]
 
 
@@ -318,7 +318,7 @@ def test_maxconn_per_client(capture_log: list[dict[str, Any]]) -> None:
     sessions = [h.client(port=p) for p in (1, 2, 3)]
     assert sessions[2][1].value() == b"421 4.7.0 Too many connections from your address\r\n"
     assert len(h.reactor.tcpClients) == 2
-    sessions[0][0].connectionLost(Failure(ConnectionDone()))
+    sessions[0][0].connectionLost(Failure(error.ConnectionDone()))
     _, c4 = h.client(port=4)
     assert c4.value() == b"" and len(h.reactor.tcpClients) == 3
 
@@ -340,7 +340,7 @@ def test_frontend_maxconn_pauses_accepting(capture_log: list[dict[str, Any]]) ->
     assert port.reading
     h.client(port=2)
     assert not port.reading
-    s1.connectionLost(Failure(ConnectionDone()))
+    s1.connectionLost(Failure(error.ConnectionDone()))
     assert port.reading
 
 
@@ -349,7 +349,7 @@ def test_client_leaving_while_connecting_releases_the_server(capture_log: list[d
     session, _ = h.client()
     _, _, factory = h.pending_connect()
     proto, server = h.accept(factory)
-    session.connectionLost(Failure(ConnectionLost()))
+    session.connectionLost(Failure(error.ConnectionLost()))
     assert server.disconnecting
     assert h.backend.servers[0].load == 0
     assert " CB " in h.log_lines()[0]

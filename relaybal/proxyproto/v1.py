@@ -60,12 +60,8 @@ def encode_v1(source: tuple[str, int] | None, destination: tuple[str, int] | Non
     dst_v6 = len(dst_packed) == 16
     if src_v6 or dst_v6:
         # A validated dotted quad is already canonical text; IPv6 is rewritten.
-        src_text = (
-            socket.inet_ntop(socket.AF_INET6, src_packed) if src_v6 else _MAPPED_PREFIX + src_host
-        )
-        dst_text = (
-            socket.inet_ntop(socket.AF_INET6, dst_packed) if dst_v6 else _MAPPED_PREFIX + dst_host
-        )
+        src_text = socket.inet_ntop(socket.AF_INET6, src_packed) if src_v6 else _MAPPED_PREFIX + src_host
+        dst_text = socket.inet_ntop(socket.AF_INET6, dst_packed) if dst_v6 else _MAPPED_PREFIX + dst_host
         line = f"PROXY TCP6 {src_text} {dst_text} {src_port:d} {dst_port:d}\r\n"
     else:
         line = f"PROXY TCP4 {src_host} {dst_host} {src_port:d} {dst_port:d}\r\n"
@@ -230,9 +226,4 @@ def _ipv6_prefix_ok(text: bytes) -> bool:
 
 
 def _port_ok(text: bytes) -> bool:
-    return (
-        text.isdigit()
-        and len(text) <= 5
-        and (text[0] != 0x30 or len(text) == 1)
-        and int(text) <= 0xFFFF
-    )
+    return text.isdigit() and len(text) <= 5 and (text[0] != 0x30 or len(text) == 1) and int(text) <= 0xFFFF

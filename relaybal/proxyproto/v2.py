@@ -45,12 +45,8 @@ _TCP6_ADDRESSES: Final = struct.Struct("!16s16sHH")
 _TLV_HEAD: Final = struct.Struct("!BH")
 _MAPPED_PREFIX: Final = b"\x00" * 10 + b"\xff\xff"
 
-_LOCAL: Final = ProxyHeader(
-    version=2, command="LOCAL", family="UNSPEC", source=None, destination=None
-)
-_PROXY_UNSPEC: Final = ProxyHeader(
-    version=2, command="PROXY", family="UNSPEC", source=None, destination=None
-)
+_LOCAL: Final = ProxyHeader(version=2, command="LOCAL", family="UNSPEC", source=None, destination=None)
+_PROXY_UNSPEC: Final = ProxyHeader(version=2, command="PROXY", family="UNSPEC", source=None, destination=None)
 
 
 def encode_v2(

@@ -86,6 +86,15 @@ class RelaybalService(MultiService):
                 where=", ".join(frontend.config.listen),
                 backend=frontend.backend.name,
             )
+        # "after startup": signal handlers are installed by then, so "ready" means ready.
+        self.reactor.addSystemEventTrigger("after", "startup", self._ready)
+
+    def _ready(self) -> None:
+        log.info(
+            "relaybal ready: {frontends} frontends, {backends} backends",
+            frontends=len(self.frontends),
+            backends=len(self.backends),
+        )
 
     def stopService(self) -> Deferred[None] | None:
         for port in self.ports:

@@ -40,7 +40,7 @@ def json_log_observer() -> ILogObserver:
     logfile = _json_logfile[0]
     # The file lives as long as the process.
     out = sys.stdout if not logfile or logfile == "-" else open(logfile, "a", encoding="utf-8")  # noqa: SIM115
-    return jsonFileLogObserver(out)
+    return jsonFileLogObserver(out, recordSeparator="")
 
 
 class Options(usage.Options):

@@ -80,6 +80,6 @@ def server_lists(
     ]
 
 
-def subsets(draw: st.DrawFn, pool: Sequence[FakeServer]) -> list[FakeServer]:
+def subsets(data: st.DataObject, pool: Sequence[FakeServer]) -> list[FakeServer]:
     """A subset of ``pool`` that keeps its order, as a backend's candidates do."""
-    return [server for server in pool if draw(st.booleans())]
+    return [server for server in pool if data.draw(st.booleans())]

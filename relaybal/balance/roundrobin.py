@@ -100,18 +100,17 @@ class SmoothWeightedRoundRobin:
         self._state = {name: slot for name, slot in self._state.items() if name in configured}
 
     def _normalise(self, candidates: Sequence[Candidate], total: int) -> tuple[Candidate, _Slot]:
-        """Bound and re-centre the current values of the candidates.
+        """Clamp the candidates' current values to one period's worth (``±total``).
 
         Called after a change of candidates or weights; returns the new best
-        candidate and its slot.
-
-        Each pick adds ``total`` to the sum of the current values and takes it
-        away again, so with a stable set the sum stays put; a zero sum is what
-        makes every period exact. A departure takes its value with it and leaves
-        the others summing to its opposite, so the difference is spread evenly
-        over the remaining ones. Values are first clamped to one period's worth
-        (``total``) so that a server whose weight dropped from 200 to 1 does not
-        carry a debt the new rotation would take hundreds of periods to repay.
+        candidate and its slot. Only the differences between current values
+        matter (adding a constant to all of them changes no choice), so a
+        departure, which leaves the others summing to something other than
+        zero, needs no correction. A value left over from other weights or
+        other company does: a server whose weight dropped from 200 to 1, or
+        that returns after a long absence, would otherwise carry a debt or a
+        credit that the new rotation takes many periods to settle, as a
+        drought or a burst.
         """
         state = self._state
         slots = [state[candidate.name] for candidate in candidates]

@@ -34,39 +34,41 @@ class PowerOfTwoChoices:
             return candidates[0] if count else None
         total = 0
         for candidate in candidates:
-            total += max(candidate.effective_weight, 0)
-        if total == 0:
+            total += candidate.effective_weight
+        if total <= 0:
             # Outside the contract (weights > 0); draw uniformly rather than fail.
             return self._uniform_pair(candidates)
-        first_index = self._draw(candidates, self._rng.randrange(total), -1)
+        rng = self._rng
+        first_index = _index_at(candidates, rng.randrange(total), -1)
         first = candidates[first_index]
-        first_weight = max(first.effective_weight, 0)
+        first_weight = first.effective_weight
         rest = total - first_weight
-        if rest == 0:
+        if rest <= 0:
             # Every other candidate has weight 0: there is no second choice.
             return first
-        second = candidates[self._draw(candidates, self._rng.randrange(rest), first_index)]
-        second_weight = max(second.effective_weight, 0)
-        # second.load / second_weight < first.load / first_weight
-        if second.load * first_weight < first.load * second_weight:
+        second = candidates[_index_at(candidates, rng.randrange(rest), first_index)]
+        # second.load / second.effective_weight < first.load / first_weight
+        if second.load * first_weight < first.load * second.effective_weight:
             return second
         return first
 
     def servers_changed(self) -> None:
         """Nothing to rebuild: weights and loads are read at each pick."""
 
-    @staticmethod
-    def _draw(candidates: Sequence[Candidate], point: int, skip: int) -> int:
-        """Index of the candidate whose cumulative weight range holds ``point``, skipping one."""
-        for index, candidate in enumerate(candidates):
-            if index == skip:
-                continue
-            point -= max(candidate.effective_weight, 0)
-            if point < 0:
-                return index
-        raise AssertionError("point beyond the total weight")  # pragma: no cover
-
     def _uniform_pair(self, candidates: Sequence[Candidate]) -> Candidate:
         first, second = self._rng.sample(range(len(candidates)), 2)
         a, b = candidates[first], candidates[second]
         return b if b.load < a.load else a
+
+
+def _index_at(candidates: Sequence[Candidate], point: int, skip: int) -> int:
+    """Index of the candidate whose stretch of the cumulative weights holds ``point``.
+
+    The candidate at ``skip`` (-1 for none) is left out of the cumulation.
+    """
+    for index, candidate in enumerate(candidates):
+        if index != skip:
+            point -= candidate.effective_weight
+            if point < 0:
+                return index
+    raise AssertionError("point beyond the total weight")  # pragma: no cover

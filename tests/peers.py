@@ -157,8 +157,8 @@ def _proc_net_address(host: str, family: int) -> str:
     return "".join(f"{word:08X}" for word in words)
 
 
-def _listening_in_proc(host: str, port: int) -> bool | None:
-    """Whether a socket listens on *host*:*port* per /proc/net, or None if unknown."""
+def _listening_inodes(host: str, port: int) -> set[str] | None:
+    """Inodes of the sockets listening on *host*:*port* per /proc/net, or None if unknown."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     wanted = _proc_net_address(host, family)
     suffix = f":{port:04X}"
@@ -169,6 +169,7 @@ def _listening_in_proc(host: str, port: int) -> bool | None:
     if family == socket.AF_INET6:
         tables = {"/proc/net/tcp6": {wanted, "0" * 32}}
     seen_any_table = False
+    inodes: set[str] = set()
     for table, addresses in tables.items():
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -177,12 +178,52 @@ def _listening_in_proc(host: str, port: int) -> bool | None:
         seen_any_table = True
         for line in lines:
             fields = line.split()
-            if len(fields) < 4 or fields[3] != _LISTEN_STATE:
+            if len(fields) < 10 or fields[3] != _LISTEN_STATE:
                 continue
             local = fields[1]
             if local.endswith(suffix) and local[: -len(suffix)] in addresses:
-                return True
-    return False if seen_any_table else None
+                inodes.add(fields[9])
+    return inodes if seen_any_table else None
+
+
+def process_group_members(pgid: int, *, include_zombies: bool = False) -> list[int]:
+    """The pids in process group *pgid*, from /proc (empty where /proc is missing).
+
+    Zombies (exited, not yet reaped, holding nothing) are left out unless
+    *include_zombies*.
+    """
+    members: list[int] = []
+    try:
+        entries = [entry.name for entry in os.scandir("/proc") if entry.name.isdigit()]
+    except OSError:
+        return members
+    for pid in entries:
+        try:
+            stat_line = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        # Fields after the parenthesised command name: state ppid pgrp …
+        after = stat_line.rsplit(")", 1)[-1].split()
+        if len(after) >= 3 and int(after[2]) == pgid and (include_zombies or after[0] != "Z"):
+            members.append(int(pid))
+    return members
+
+
+def _socket_inodes_of_group(pgid: int) -> set[str] | None:
+    inodes: set[str] = set()
+    for pid in process_group_members(pgid):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except PermissionError:
+            return None  # not ours to inspect: cannot tell
+        except OSError:
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+    return inodes
 
 
 def _can_connect(host: str, port: int) -> bool:
@@ -193,7 +234,9 @@ def _can_connect(host: str, port: int) -> bool:
         return False
 
 
-def port_is_listening(host: str, port: int, *, connect: bool = False) -> bool:
+def port_is_listening(
+    host: str, port: int, *, connect: bool = False, owner_pgid: int | None = None
+) -> bool:
     """Whether something accepts TCP connections on *host*:*port*.
 
     By default this reads the kernel's socket table (``/proc/net/tcp``) and
@@ -202,12 +245,20 @@ def port_is_listening(host: str, port: int, *, connect: bool = False) -> bool:
     splice listener, would even open a backend connection and shift the
     balancing sequence.  With ``connect=True``, or where ``/proc`` is not
     available, it connects and closes instead.
+
+    With *owner_pgid* (and /proc), the listening socket must belong to a
+    process of that process group: a peer that lost the race for a "free"
+    port to another program does not count as listening.
     """
-    if not connect:
-        listening = _listening_in_proc(host, port)
-        if listening is not None:
-            return listening
-    return _can_connect(host, port)
+    if connect:
+        return _can_connect(host, port)
+    inodes = _listening_inodes(host, port)
+    if inodes is None:
+        return _can_connect(host, port)
+    if not inodes or owner_pgid is None:
+        return bool(inodes)
+    owned = _socket_inodes_of_group(owner_pgid)
+    return owned is None or bool(inodes & owned)
 
 
 def wait_for_port(
@@ -220,10 +271,12 @@ def wait_for_port(
 ) -> None:
     """Wait until *host*:*port* accepts connections (see :func:`port_is_listening`).
 
-    When *proc* is given and exits first, raises :class:`PeerExitedError` with
-    its captured output; on timeout raises ``AssertionError`` (with *proc*'s
-    output so far, if any).
+    When *proc* is given, the listening socket must be its own (or its
+    process group's); if *proc* exits first, raises :class:`PeerExitedError`
+    with its captured output.  On timeout raises ``AssertionError`` (with
+    *proc*'s output so far, if any).
     """
+    owner = None if proc is None else proc.pid
     deadline = time.monotonic() + timeout
     while True:
         if proc is not None and proc.poll() is not None:
@@ -231,12 +284,16 @@ def wait_for_port(
                 f"{_describe(proc)} exited with status {proc.poll()} before "
                 f"{host}:{port} was listening; its output:\n{_output_of(proc)}"
             )
-        if port_is_listening(host, port, connect=connect):
+        if port_is_listening(host, port, connect=connect, owner_pgid=owner):
             return
         if time.monotonic() >= deadline:
+            taken = ""
+            if owner is not None and port_is_listening(host, port):
+                taken = " (another process listens on that port)"
             output = "" if proc is None else f"; output of {_describe(proc)}:\n{_output_of(proc)}"
             raise AssertionError(
-                f"timed out after {timeout:g}s waiting for {host}:{port} to listen{output}"
+                f"timed out after {timeout:g}s waiting for {host}:{port} to listen"
+                f"{taken}{output}"
             )
         time.sleep(_POLL_INTERVAL)
 
@@ -483,6 +540,7 @@ class PeerProcess:
                 popen.wait(5.0)
         self._signal_group(signal.SIGKILL)
         self._registry.discard(self)
+        self._wait_group_gone()
         return popen.returncode
 
     def kill(self) -> int | None:
@@ -493,7 +551,19 @@ class PeerProcess:
         self._signal_group(signal.SIGKILL)
         popen.wait(5.0)
         self._registry.discard(self)
+        self._wait_group_gone()
         return popen.returncode
+
+    def _wait_group_gone(self) -> None:
+        # A surviving child (say a Postfix smtpd) could still hold the
+        # listening socket and confuse the next test.
+        assert self._popen is not None
+        pgid = self._popen.pid
+        wait_until(
+            lambda: not process_group_members(pgid),
+            5.0,
+            f"the processes of {self.name} (group {pgid}) to exit",
+        )
 
     def __enter__(self) -> Self:
         return self
@@ -984,30 +1054,32 @@ def haproxy_preamble(
     timeout_connect: str = "5s",
     timeout_client: str = "30s",
     timeout_server: str = "30s",
-    maxconn: int = 20000,
+    maxconn: int | None = None,
     log_to_stderr: bool = False,
 ) -> str:
     """The ``global`` and ``defaults`` sections for a test HAProxy.
 
     ``nbthread 1`` by default (fair benchmarks against one relaybal
-    process); no syslog.  ``log_to_stderr=True`` logs each session to
-    HAProxy's stderr (our log file) in TCP log format.
+    process); no syslog.  Without *maxconn*, HAProxy derives it from the
+    file-descriptor limit (asking for more than the limit allows is fatal).
+    ``log_to_stderr=True`` logs each session to HAProxy's stderr (our log
+    file) in TCP log format.
     """
-    log_global = "    log stderr format raw daemon\n" if log_to_stderr else ""
-    log_defaults = "    log global\n    option tcplog\n" if log_to_stderr else ""
-    return (
-        "global\n"
-        f"    nbthread {nbthread}\n"
-        f"    maxconn {maxconn}\n"
-        f"{log_global}"
-        "\n"
-        "defaults\n"
-        f"    mode {mode}\n"
-        f"    timeout connect {timeout_connect}\n"
-        f"    timeout client {timeout_client}\n"
-        f"    timeout server {timeout_server}\n"
-        f"{log_defaults}"
-        "\n"
+    global_lines = [f"nbthread {nbthread}"]
+    if maxconn is not None:
+        global_lines.append(f"maxconn {maxconn}")
+    defaults_lines = [
+        f"mode {mode}",
+        f"timeout connect {timeout_connect}",
+        f"timeout client {timeout_client}",
+        f"timeout server {timeout_server}",
+    ]
+    if log_to_stderr:
+        global_lines.append("log stderr format raw daemon")
+        defaults_lines += ["log global", "option tcplog"]
+    return "".join(
+        f"{section}\n" + "".join(f"    {line}\n" for line in lines) + "\n"
+        for section, lines in (("global", global_lines), ("defaults", defaults_lines))
     )
 
 

@@ -407,18 +407,12 @@ class SpliceSession(Protocol):
         server.release()
         server.record_failure()
         self.tried.append(server)
-        self.detail = f"{server.name}: {why}"
+        # Every failed attempt is named in the session's log line, oldest first.
+        failure = f"{server.name}: {why}"
+        self.detail = f"{self.detail}; {failure}" if self.detail else failure
         self._cancel_timer()
         if self.state == CLOSED:
             return
-        log.debug(
-            "{frontend}: attempt {n} on {backend}/{server} failed: {why}",
-            frontend=self.frontend.name,
-            n=self.attempts,
-            backend=self.backend.name,
-            server=server.name,
-            why=why,
-        )
         if self.attempts >= self.max_attempts:
             self._no_server(self.detail, who + "C")
             return

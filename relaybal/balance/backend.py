@@ -88,7 +88,11 @@ class Server:
             self.on_release()
 
     def record_failure(self) -> None:
+        """A real connection to this server failed (refused, timed out, bad greeting)."""
         self.failures += 1
+
+    def record_success(self) -> None:
+        """A real connection to this server succeeded (and passed ``verify_banner``)."""
 
 
 class QueueFull(Exception):
@@ -157,6 +161,10 @@ class Backend:
         )
         chosen = algorithm.pick(candidates, key)
         return chosen  # type: ignore[return-value]  # always one of our Servers
+
+    def connected(self, server: Server, key: bytes | None) -> None:
+        """A unit for client ``key`` is now being served by ``server``."""
+        server.record_success()
 
     def can_queue(self, exclude: Container[Server] = ()) -> bool:
         """True when usable servers exist but all are at their maxconn."""

@@ -346,7 +346,7 @@ class SpliceSession(Protocol):
 
     def _next_attempt(self) -> None:
         backend = self.backend
-        key = self.client[0].encode() if self.client is not None else None
+        key = self._key()
         exclude = self.tried if self.backend.config.redispatch else ()
         if self.tried and not self.backend.config.redispatch:
             server: Server | None = self.tried[-1] if self.tried[-1].usable else None
@@ -377,6 +377,10 @@ class SpliceSession(Protocol):
             _ServerConnector(self, server),
             timeout=self.backend.config.timeout_connect,
         )
+
+    def _key(self) -> bytes | None:
+        """The client address as the balancer's hashing/stickiness key."""
+        return self.client[0].encode() if self.client is not None else None
 
     def _enqueue(self, exclude: Sequence[Server]) -> None:
         self.state = QUEUED
@@ -493,6 +497,7 @@ class SpliceSession(Protocol):
         assert side is not None and self.transport is not None and side.transport is not None
         self.state = DATA
         self.spliced_server = side.server
+        self.backend.connected(side.server, self._key())
         side.spliced = True
         client = self.transport
         server = side.transport

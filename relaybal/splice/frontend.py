@@ -16,13 +16,11 @@ a server has accepted it. When no server can be had, the client is told so with
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import interfaces
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
@@ -31,7 +29,8 @@ from twisted.python.failure import Failure
 
 from relaybal import proxyproto
 from relaybal.balance.backend import Backend, QueueFull, Server
-from relaybal.config import FrontendConfig, IPNetwork
+from relaybal.config import FrontendConfig
+from relaybal.netaddr import in_networks, peer_ip
 
 log = Logger(namespace="relaybal.splice")
 
@@ -48,24 +47,6 @@ MAX_BANNER = 4096
 
 class _Reactor(interfaces.IReactorTCP, interfaces.IReactorTime):
     """What a frontend needs from the reactor (for type checking only)."""
-
-
-def _client_ip(addr: object) -> tuple[str, int] | None:
-    """(host, port) of an IP peer, unwrapping IPv4-mapped IPv6 addresses."""
-    if isinstance(addr, IPv4Address | IPv6Address):
-        host = addr.host
-        if host.startswith("::ffff:") and "." in host:
-            host = host[7:]
-        return host, addr.port
-    return None
-
-
-def _in_networks(host: str, networks: Sequence[IPNetwork]) -> bool:
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    return any(ip.version == n.version and ip in n for n in networks)
 
 
 def direct_writer(transport: Any) -> Callable[[bytes], None]:
@@ -264,12 +245,12 @@ class SpliceSession(Protocol):
         fe.session_started(self)
         transport = self.transport
         assert transport is not None
-        self.client = _client_ip(transport.getPeer())
-        self.destination = _client_ip(transport.getHost())
+        self.client = peer_ip(transport.getPeer())
+        self.destination = peer_ip(transport.getHost())
         if (
             self.client is not None
             and fe.config.accept_proxy
-            and _in_networks(self.client[0], fe.config.accept_proxy)
+            and in_networks(self.client[0], fe.config.accept_proxy)
         ):
             # Trusted source: a PROXY header is required before anything else.
             self.timer = self.reactor.callLater(fe.config.proxy_timeout, self._proxy_timeout)

@@ -10,9 +10,9 @@ import sys
 from typing import Any, TextIO
 
 from twisted.application.service import IService
-from twisted.logger import ILogObserver, jsonFileLogObserver
 from twisted.python import usage
 
+from relaybal import logobservers
 from relaybal.config import Config, ConfigError, ConfigFileError, load_config
 
 DEFAULT_CONFIG = "/etc/relaybal/relaybal.toml"
@@ -32,17 +32,6 @@ def load_or_exit(path: str, stderr: TextIO | None = None) -> Config:
         raise SystemExit(1) from None
 
 
-_json_logfile: list[str | None] = [None]
-
-
-def json_log_observer() -> ILogObserver:
-    """twistd ``--logger`` factory (named by ``--log-format json``): one JSON event a line."""
-    logfile = _json_logfile[0]
-    # The file lives as long as the process.
-    out = sys.stdout if not logfile or logfile == "-" else open(logfile, "a", encoding="utf-8")  # noqa: SIM115
-    return jsonFileLogObserver(out, recordSeparator="")
-
-
 class Options(usage.Options):
     """``twistd relaybal`` options."""
 
@@ -60,9 +49,11 @@ class Options(usage.Options):
         reactor.install()  # before anything imports the default one
         self["config_obj"] = load_or_exit(self["config"])
         parent: Any = getattr(self, "parent", None)
-        if self["log-format"] == "json" and parent is not None and not parent.get("logger", True):
-            _json_logfile[0] = parent.get("logfile")
-            parent["logger"] = "relaybal.tap.json_log_observer"
+        # Under twistd (its options have "logger"), choose relaybal's observer unless the
+        # operator chose one (--logger) or syslog. `twist` has its own --log-format.
+        if parent is not None and not parent.get("logger", True) and not parent.get("syslog"):
+            logobservers.settings.update(logfile=parent.get("logfile"), nodaemon=parent.get("nodaemon"))
+            parent["logger"] = f"relaybal.logobservers.{self['log-format']}_log_observer"
 
 
 def makeService(options: Options) -> IService:

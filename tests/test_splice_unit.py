@@ -353,3 +353,41 @@ def test_client_leaving_while_connecting_releases_the_server(capture_log: list[d
     assert server.disconnecting
     assert h.backend.servers[0].load == 0
     assert " CB " in h.log_lines()[0]
+
+
+class RecordingTransport(StringTransport):
+    aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
+
+
+def test_server_that_will_not_drain_is_aborted_after_the_client_leaves(
+    capture_log: list[dict[str, Any]],
+) -> None:
+    h = make(capture_log, backend={"timeout_server": "30s"})
+    session, _ = h.client()
+    _, _, factory = h.pending_connect()
+    proto = factory.buildProtocol(None)
+    server = RecordingTransport()
+    proto.makeConnection(server)
+    session.dataReceived(b"QUIT\r\n")
+    session.connectionLost(Failure(error.ConnectionDone()))
+    assert server.disconnecting and not server.aborted  # first: flush, then close
+    h.reactor.advance(29)
+    assert not server.aborted
+    h.reactor.advance(1)
+    assert server.aborted  # the server never took the bytes: give up on it
+    proto.connectionLost(Failure(error.ConnectionLost()))
+    assert h.reactor.getDelayedCalls() == []
+
+
+def test_linger_is_cancelled_when_the_server_closes_in_time(capture_log: list[dict[str, Any]]) -> None:
+    h = make(capture_log)
+    session, _ = h.client()
+    _, _, factory = h.pending_connect()
+    proto, server = h.accept(factory)
+    session.connectionLost(Failure(error.ConnectionDone()))
+    proto.connectionLost(Failure(error.ConnectionDone()))
+    assert h.reactor.getDelayedCalls() == []  # no timer left behind per closed session

@@ -183,6 +183,7 @@ class _ServerSide(Protocol):
         self.server = server
         self.banner = b""
         self.spliced = False
+        self.linger: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         self.session.server_connected(self)
@@ -199,7 +200,22 @@ class _ServerSide(Protocol):
             self.session.banner_data(self)
 
     def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
+        if self.linger is not None:
+            self.linger.cancel()
+            self.linger = None
         self.session.server_lost(self, reason)
+
+    def close_after_flush(self, reactor: Any, limit: float) -> None:
+        """Close once what is queued is sent, or abort if the server does not take it in time."""
+        transport = self.transport
+        assert transport is not None
+        transport.loseConnection()
+        if not self.linger and not getattr(transport, "disconnected", False):
+            self.linger = reactor.callLater(limit, self._give_up)
+
+    def _give_up(self) -> None:
+        self.linger = None
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
 
 class SpliceSession(Protocol):
@@ -234,6 +250,7 @@ class SpliceSession(Protocol):
         self.client_turn = True
         self.termination = "--"
         self.detail = ""
+        self.linger: IDelayedCall | None = None
         self.to_client: Callable[[bytes], None] = _discard
         self.to_server: Callable[[bytes], None] = _discard
 
@@ -498,7 +515,15 @@ class SpliceSession(Protocol):
         client.resumeProducing()  # type: ignore[attr-defined]
         self.last_activity = self.seconds()
         self.client_turn = True
-        self._arm_idle(self.frontend.config.timeout_client)
+        self._arm_idle(self._shortest_timeout())
+
+    def _give_up(self) -> None:
+        """The client did not take the server's last bytes in time."""
+        self.linger = None
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _shortest_timeout(self) -> float:
+        return min(self.frontend.config.timeout_client, self.backend.config.timeout_server)
 
     def _arm_idle(self, delay: float) -> None:
         self.timer = self.reactor.callLater(delay, self._idle_check)
@@ -522,9 +547,16 @@ class SpliceSession(Protocol):
         idle = self.seconds() - self.last_activity
         if idle >= limit:
             self.detail = "idle timeout"
-            self._close("cD" if self.client_turn else "sD")
+            self.termination = "cD" if self.client_turn else "sD"
+            self.frontend.errors += 1
+            # Nothing moved for the whole timeout: whatever is still queued is moot.
+            side = self.server_side
+            if side is not None and side.transport is not None:
+                side.transport.abortConnection()  # type: ignore[attr-defined]
+            self.transport.abortConnection()  # type: ignore[union-attr]
         else:
-            self._arm_idle(limit - idle)
+            # Whoever moves bytes next may start the shorter timeout; never sleep past it.
+            self._arm_idle(min(limit - idle, self._shortest_timeout()))
 
     def server_lost(self, side: _ServerSide, reason: Failure) -> None:
         if side is not self.server_side:
@@ -535,7 +567,11 @@ class SpliceSession(Protocol):
                 self.detail = reason.getErrorMessage()
             self.server_side = None
             self._finish_server(side)
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            transport = self.transport
+            assert transport is not None
+            transport.loseConnection()
+            if self.linger is None:
+                self.linger = self.reactor.callLater(self.frontend.config.timeout_client, self._give_up)
         elif self.state == BANNER:
             self.server_side = None
             self.state = CONNECTING
@@ -558,6 +594,9 @@ class SpliceSession(Protocol):
             self.termination = "C" + self.state
         self.state = CLOSED
         self._cancel_timer()
+        if self.linger is not None:
+            self.linger.cancel()
+            self.linger = None
         if self.cancel_wait is not None:
             self.cancel_wait()
             self.cancel_wait = None
@@ -569,7 +608,7 @@ class SpliceSession(Protocol):
             self.server_side = None
             side.session = _Detached  # type: ignore[assignment]
             if side.transport is not None:
-                side.transport.loseConnection()
+                side.close_after_flush(self.reactor, self.backend.config.timeout_server)
             self._finish_server(side)
         self.frontend.session_ended(self)
         self._log()

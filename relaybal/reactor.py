@@ -26,6 +26,9 @@ except ImportError:  # not Linux
 
 
 if EPollReactor is not None:
+    _IN = EPollReactor._POLL_IN
+    _OUT = EPollReactor._POLL_OUT
+    _DISCONNECTED = EPollReactor._POLL_DISCONNECTED
 
     class RelaybalEPollReactor(EPollReactor):
         """``EPollReactor`` with a leaner event dispatch loop."""
@@ -40,14 +43,31 @@ if EPollReactor is not None:
                     return
                 raise
             selectables = self._selectables
-            handle = self._doReadOrWrite
             for fd, event in events:
                 selectable = selectables.get(fd)
-                if selectable is not None:
-                    try:
-                        handle(selectable, fd, event)  # type: ignore[no-untyped-call]
-                    except Exception:
-                        log.failure("unhandled error in event handler")
+                if selectable is None:
+                    continue
+                if event & _DISCONNECTED and not event & _IN:
+                    # A hang-up with no input left: Twisted's own handling.
+                    self._doReadOrWrite(selectable, fd, event)  # type: ignore[no-untyped-call]
+                    continue
+                # The common case, inlined: read and/or write, and disconnect the
+                # selectable if either says so or raises (as _doReadOrWrite does,
+                # less its fileno() == -1 check for long-gone Python sockets).
+                why = None
+                in_read = False
+                try:
+                    if event & _IN:
+                        why = selectable.doRead()
+                        in_read = True
+                    if not why and event & _OUT:
+                        why = selectable.doWrite()
+                        in_read = False
+                except BaseException as e:
+                    why = e
+                    log.failure("unhandled error in event handler")
+                if why:
+                    self._disconnectSelectable(selectable, why, in_read)  # type: ignore[no-untyped-call]
 
         doIteration = doPoll
 

@@ -13,8 +13,12 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from relaybal.admin.commands import RuntimeCommands
+from relaybal.admin.runtime import AdminSocketError, RuntimeFactory, listen_admin_socket
+from relaybal.admin.stats import ProcessView
 from relaybal.balance.backend import Backend
 from relaybal.config import Config
+from relaybal.health.checks import HealthMonitor
 from relaybal.splice.frontend import SpliceFrontend
 
 log = Logger(namespace="relaybal")
@@ -45,6 +49,11 @@ class RelaybalService(MultiService):
                     name=name,
                 )
         self.ports: list[IListeningPort] = []
+        # Health checks and the runtime API (the view reads self.frontends at each command).
+        self.health = HealthMonitor(self.backends.values(), reactor)
+        self.runtime = ProcessView(
+            self.backends, self.frontends, reactor, hostname=config.global_.hostname
+        )
 
     def privilegedStartService(self) -> None:
         # Listening happens here, before twistd drops privileges (port 25 needs root).
@@ -58,6 +67,12 @@ class RelaybalService(MultiService):
                     continue
                 frontend.ports.append(port)
                 self.ports.append(port)
+        if self.config.admin.socket:
+            factory = RuntimeFactory(RuntimeCommands(self.runtime), self.reactor)
+            try:
+                self.ports.append(listen_admin_socket(self.reactor, self.config.admin.socket, factory))
+            except AdminSocketError as e:
+                problems.append(f"admin.socket: {e}")
         if problems:
             for p in problems:
                 print(f"relaybal: {p}", file=sys.stderr)
@@ -67,7 +82,10 @@ class RelaybalService(MultiService):
         super().privilegedStartService()  # type: ignore[no-untyped-call]
 
     def _listen(self, ep: str, factory: Any) -> IListeningPort:
-        d: Deferred[IListeningPort] = endpoints.serverFromString(self.reactor, ep).listen(factory)
+        try:
+            d: Deferred[IListeningPort] = endpoints.serverFromString(self.reactor, ep).listen(factory)
+        except Exception as e:  # e.g. a systemd index that was not handed over
+            raise ListenError(f"{type(e).__name__}: {e}") from None
         result: list[IListeningPort | Failure] = []
         d.addBoth(result.append)
         if not result:  # every endpoint relaybal supports listens synchronously
@@ -78,6 +96,7 @@ class RelaybalService(MultiService):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        self.health.start()
         for name, frontend in self.frontends.items():
             log.info(
                 "frontend {name} ({mode}) listening on {where} → backend {backend}",
@@ -97,6 +116,7 @@ class RelaybalService(MultiService):
         )
 
     def stopService(self) -> Deferred[None] | None:
+        self.health.stop()
         for port in self.ports:
             port.stopListening()
         self.ports.clear()

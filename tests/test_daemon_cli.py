@@ -84,3 +84,17 @@ def test_json_log_format(tmp_path: pathlib.Path) -> None:
     # twistd shuts down cleanly, then re-raises SIGTERM so the exit status says why it stopped.
     assert any(e.get("log_format") == "Server Shut Down." for e in events)
     assert proc.returncode == -15
+
+
+def test_systemd_endpoint_without_handed_over_socket(tmp_path: pathlib.Path) -> None:
+    config = tmp_path / "r.toml"
+    config.write_text(
+        '[frontend.a]\nmode = "splice"\nlisten = ["systemd:domain=INET:index=0"]\nbackend = "mx"\n'
+        '[[backend.mx.server]]\nname = "a"\naddress = "127.0.0.1:9"\n'
+    )
+    done = run(str(BIN / "twistd"), "-n", "--pidfile=", "relaybal", "-c", str(config))
+    assert done.returncode == 1
+    assert (
+        "relaybal: frontend.a.listen: cannot listen on 'systemd:domain=INET:index=0'"
+        in done.stdout + done.stderr
+    )

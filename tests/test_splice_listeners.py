@@ -112,3 +112,42 @@ def test_back_pressure_bounds_what_a_client_can_push(stalled_server: int, relayb
     wait_until(lambda: "mx/stalled" in daemon.log(), 10, "the session's log line")
     [line] = [line for line in daemon.log().splitlines() if "mx/stalled" in line]
     assert " sD " in line and '"idle timeout"' in line
+
+
+def test_systemd_socket_activation(sink_factory: Factory, peer_dir: Path) -> None:
+    """A listening socket handed over as fd 3 with LISTEN_FDS/LISTEN_PID, as systemd does."""
+    import os
+    import subprocess
+    import sys
+
+    sink: SmtpSink = sink_factory(dump=False)
+    config = peer_dir / "systemd.toml"
+    config.write_text(
+        '[frontend.smtp]\nmode = "splice"\nlisten = ["systemd:domain=INET:index=0"]\nbackend = "mx"\n'
+        f'[[backend.mx.server]]\nname = "sink"\naddress = "127.0.0.1:{sink.port}"\n'
+    )
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    twistd = str(Path(sys.executable).parent / "twistd")
+    log = (peer_dir / "systemd.log").open("w")
+
+    def hand_over() -> None:  # in the child, before exec: the socket becomes fd 3
+        os.dup2(listener.fileno(), 3)
+        os.set_inheritable(3, True)
+
+    # sh's $$ is the pid that exec keeps, which systemd puts in LISTEN_PID.
+    proc = subprocess.Popen(
+        ["sh", "-c", f'LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=smtp exec {twistd} -n --pidfile= relaybal -c "$0"', str(config)],
+        preexec_fn=hand_over, stdout=log, stderr=subprocess.STDOUT, pass_fds=(3,),
+    )  # fmt: skip
+    try:
+        listener.close()  # only the daemon holds it now
+        wait_until(lambda: "relaybal ready" in (peer_dir / "systemd.log").read_text(), 20, "relaybal ready")
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            assert greeting_of(client).startswith(b"220 ")
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()

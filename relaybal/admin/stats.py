@@ -1,0 +1,429 @@
+"""What the process knows, in HAProxy's runtime-API formats.
+
+Each function returns the lines of one dump (no trailing empty line: the
+protocol adds the end-of-output marker). Formats follow HAProxy 2.6's
+``doc/management.txt``:
+
+* ``show info``: ``Name: value`` lines, for the fields relaybal has;
+* ``show stat``: CSV whose header is HAProxy's column list from ``pxname``
+  to ``uweight`` (so columns keep HAProxy's positions), with the values
+  relaybal has and empty fields elsewhere, every line ending with a comma;
+* ``show servers state``: version ``1``, the ``#`` header of the 25 version-1
+  fields, one space-separated line per server;
+* ``show table``: ``# table: NAME, type: ip, size:N, used:N`` and one
+  ``0xID: key=… use=0 exp=MS server_id=N server_key=NAME`` line per entry.
+
+Proxy ids (``iid``, ``be_id``): backends are numbered from 1 in
+configuration order, frontends after them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+
+from relaybal import __version__
+from relaybal.balance.backend import DRAIN, MAINT, Backend, Server
+from relaybal.balance.stick import StickTable
+
+#: ``show stat`` columns, HAProxy 2.6's names and order, up to ``uweight``.
+STAT_COLUMNS: tuple[str, ...] = (
+    "pxname", "svname", "qcur", "qmax", "scur", "smax", "slim", "stot", "bin", "bout",
+    "dreq", "dresp", "ereq", "econ", "eresp", "wretr", "wredis", "status", "weight", "act",
+    "bck", "chkfail", "chkdown", "lastchg", "downtime", "qlimit", "pid", "iid", "sid", "throttle",
+    "lbtot", "tracked", "type", "rate", "rate_lim", "rate_max", "check_status", "check_code",
+    "check_duration", "hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other",
+    "hanafail", "req_rate", "req_rate_max", "req_tot", "cli_abrt", "srv_abrt", "comp_in",
+    "comp_out", "comp_byp", "comp_rsp", "lastsess", "last_chk", "last_agt", "qtime", "ctime",
+    "rtime", "ttime", "agent_status", "agent_code", "agent_duration", "check_desc", "agent_desc",
+    "check_rise", "check_fall", "check_health", "agent_rise", "agent_fall", "agent_health",
+    "addr", "cookie", "mode", "algo", "conn_rate", "conn_rate_max", "conn_tot", "intercepted",
+    "dcon", "dses", "wrew", "connect", "reuse", "cache_lookups", "cache_hits", "srv_icur",
+    "src_ilim", "qtime_max", "ctime_max", "rtime_max", "ttime_max", "eint", "idle_conn_cur",
+    "safe_conn_cur", "used_conn_cur", "need_conn_est", "uweight",
+)  # fmt: skip
+
+#: ``show servers state`` fields of format version 1 (HAProxy's documented list).
+SERVERS_STATE_FIELDS: tuple[str, ...] = (
+    "be_id", "be_name", "srv_id", "srv_name", "srv_addr", "srv_op_state", "srv_admin_state",
+    "srv_uweight", "srv_iweight", "srv_time_since_last_change", "srv_check_status",
+    "srv_check_result", "srv_check_health", "srv_check_state", "srv_agent_state",
+    "bk_f_forced_id", "srv_f_forced_id", "srv_fqdn", "srv_port", "srvrecord", "srv_use_ssl",
+    "srv_check_port", "srv_check_addr", "srv_agent_addr", "srv_agent_port",
+)  # fmt: skip
+
+# srv_admin_state bits.
+ADMF_FMAINT = 0x01
+ADMF_CMAINT = 0x04
+ADMF_FDRAIN = 0x08
+# srv_check_state bits.
+CHK_ST_INPROGRESS = 0x01
+CHK_ST_CONFIGURED = 0x02
+CHK_ST_ENABLED = 0x04
+CHK_ST_PAUSED = 0x08
+# srv_op_state values.
+SRV_ST_STOPPED = 0
+SRV_ST_STARTING = 1
+SRV_ST_RUNNING = 2
+
+
+@attrs.define
+class ProcessView:
+    """What the runtime API reports on: the backends and frontends of one running process.
+
+    ``frontends`` may be any objects; the figures read from them (``current``,
+    ``max_current``, ``total``, ``bytes_in``, ``bytes_out``, ``errors``,
+    ``ports``, ``config.maxconn``, ``config.mode``) count as 0 when missing.
+    The mappings are read at each command, so a view built once sees
+    frontends added later to the same mapping.
+    """
+
+    backends: Mapping[str, Backend]
+    frontends: Mapping[str, Any]
+    clock: IReactorTime
+    hostname: str = ""
+    pid: int = attrs.field(factory=os.getpid)
+    version: str = __version__
+    started: float = -1.0
+
+    def __attrs_post_init__(self) -> None:
+        if self.started < 0:
+            self.started = self.clock.seconds()
+
+    def backend_ids(self) -> dict[str, int]:
+        return {name: index for index, name in enumerate(self.backends, start=1)}
+
+    def frontend_ids(self) -> dict[str, int]:
+        first = len(self.backends) + 1
+        return {name: index for index, name in enumerate(self.frontends, start=first)}
+
+    def find_backend(self, name_or_id: str) -> Backend | None:
+        """A backend by name, or by id (as ``show servers state`` prints it)."""
+        backend = self.backends.get(name_or_id)
+        if backend is not None:
+            return backend
+        if name_or_id.isdigit():
+            for name, number in self.backend_ids().items():
+                if number == int(name_or_id):
+                    return self.backends[name]
+        return None
+
+
+def _figure(obj: Any, attribute: str) -> int:
+    value = getattr(obj, attribute, 0)
+    return value if isinstance(value, int) else 0
+
+
+def _frontend_maxconn(frontend: Any) -> int:
+    return _figure(getattr(frontend, "config", None), "maxconn")
+
+
+def _uptime(seconds: int) -> str:
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{days}d {hours}h{minutes:02d}m{secs:02d}s"
+
+
+def show_info(view: ProcessView) -> list[str]:
+    """``show info``: process-wide figures."""
+    now = view.clock.seconds()
+    uptime = int(max(0.0, now - view.started))
+    frontends = list(view.frontends.values())
+    fields = [
+        ("Name", "relaybal"),
+        ("Version", view.version),
+        ("Nbthread", 1),
+        ("Nbproc", 1),
+        ("Process_num", 1),
+        ("Pid", view.pid),
+        ("Uptime", _uptime(uptime)),
+        ("Uptime_sec", uptime),
+        ("Maxconn", sum(_frontend_maxconn(f) for f in frontends)),
+        ("CurrConns", sum(_figure(f, "current") for f in frontends)),
+        ("CumConns", sum(_figure(f, "total") for f in frontends)),
+        ("Stopping", 0),
+        ("Listeners", sum(len(getattr(f, "ports", ())) for f in frontends)),
+        ("node", view.hostname),
+        ("Start_time_sec", int(view.started)),
+    ]
+    return [f"{name}: {value}" for name, value in fields]
+
+
+# --------------------------------------------------------------------------- show stat
+
+
+def server_status(server: Server) -> str:
+    """``show stat``'s status of a server: MAINT, DRAIN, no check, UP, DOWN, UP 2/3, DOWN 1/2."""
+    health = server.health
+    if server.admin_state == MAINT:
+        return "MAINT"
+    if not server.up:
+        return health.status_text() if health is not None else "DOWN"
+    if server.admin_state == DRAIN:
+        return "DRAIN"
+    if health is None:
+        return "no check"
+    return health.status_text()
+
+
+def _row(values: Mapping[str, object]) -> str:
+    cells = []
+    for column in STAT_COLUMNS:
+        value = values.get(column)
+        text = "" if value is None else str(value)
+        # Fields never hold a comma or a newline in HAProxy's CSV; keep it so.
+        cells.append(text.replace(",", ";").replace("\n", " "))
+    return ",".join(cells) + ","
+
+
+def _server_stats(server: Server, iid: int, now: float) -> dict[str, object]:
+    result = server.last_check
+    health = server.health
+    check = server.check
+    values: dict[str, object] = {
+        "pxname": server.backend_name,
+        "svname": server.name,
+        "qcur": 0,
+        "qmax": 0,
+        "scur": server.load,
+        "smax": server.max_load,
+        "slim": server.maxconn or None,
+        "stot": server.total,
+        "bin": server.bytes_in,
+        "bout": server.bytes_out,
+        "econ": server.failures,
+        "status": server_status(server),
+        "weight": 0 if server.admin_state == DRAIN else server.effective_weight,
+        "act": 0 if server.backup else 1,
+        "bck": 1 if server.backup else 0,
+        "lastchg": int(now - server.last_change),
+        "downtime": int(server.total_downtime()),
+        "pid": 1,
+        "iid": iid,
+        "sid": server.sid,
+        "lbtot": server.total,
+        "type": 2,
+        "addr": str(server.config.address),
+        "mode": "tcp",
+        "connect": server.total,
+        "uweight": server.weight,
+    }
+    if server.ramping and server.weight:
+        values["throttle"] = int(100 * server.effective_weight / server.weight)
+    if health is not None and check is not None:
+        values.update(
+            chkfail=health.failed_checks,
+            chkdown=health.down_transitions,
+            check_rise=health.rise,
+            check_fall=health.fall,
+            check_health=health.health,
+        )
+        if result is not None:
+            values.update(
+                check_status=("* " if server.checking else "") + result.status,
+                check_code=result.code,
+                check_duration=int(result.duration * 1000),
+                last_chk=result.info,
+                check_desc=result.check_status.description,
+            )
+    return values
+
+
+def _backend_stats(backend: Backend, iid: int, now: float) -> dict[str, object]:
+    servers = backend.servers
+    usable_active = [s for s in backend.active if s.usable]
+    usable_backup = [s for s in backend.backups if s.usable]
+    serving = usable_active or usable_backup
+    return {
+        "pxname": backend.name,
+        "svname": "BACKEND",
+        "qcur": backend.queue_length,
+        "scur": sum(s.load for s in servers),
+        "stot": sum(s.total for s in servers),
+        "bin": sum(s.bytes_in for s in servers),
+        "bout": sum(s.bytes_out for s in servers),
+        "econ": sum(s.failures for s in servers),
+        "status": "UP" if backend.available else "DOWN",
+        "weight": sum(s.effective_weight for s in serving),
+        "act": len(usable_active),
+        "bck": len(usable_backup),
+        "chkdown": backend.down_transitions,
+        "lastchg": int(now - backend.last_change),
+        "downtime": int(backend.total_downtime()),
+        "pid": 1,
+        "iid": iid,
+        "sid": 0,
+        "lbtot": sum(s.total for s in servers),
+        "type": 1,
+        "mode": "tcp",
+        "algo": backend.config.balance,
+        "connect": sum(s.total for s in servers),
+        "uweight": sum(s.weight for s in serving),
+    }
+
+
+def _frontend_stats(name: str, frontend: Any, iid: int) -> dict[str, object]:
+    return {
+        "pxname": name,
+        "svname": "FRONTEND",
+        "scur": _figure(frontend, "current"),
+        "smax": _figure(frontend, "max_current"),
+        "slim": _frontend_maxconn(frontend),
+        "stot": _figure(frontend, "total"),
+        "bin": _figure(frontend, "bytes_in"),
+        "bout": _figure(frontend, "bytes_out"),
+        "ereq": _figure(frontend, "errors"),
+        "status": "OPEN",
+        "pid": 1,
+        "iid": iid,
+        "sid": 0,
+        "type": 0,
+        "mode": "tcp",
+        "conn_tot": _figure(frontend, "total"),
+    }
+
+
+#: ``show stat`` object types (HAProxy's bit values for the ``<type>`` argument).
+STAT_FRONTEND = 1
+STAT_BACKEND = 2
+STAT_SERVER = 4
+
+
+def show_stat(
+    view: ProcessView, proxy: int | None = None, types: int = 7, sid: int | None = None
+) -> list[str]:
+    """``show stat``: the CSV header and one line per frontend, server and backend.
+
+    ``proxy`` restricts to one proxy id, ``types`` to a set of object types
+    (ORed :data:`STAT_FRONTEND`, :data:`STAT_BACKEND`, :data:`STAT_SERVER`),
+    ``sid`` to one server.
+    """
+    now = view.clock.seconds()
+    lines = ["# " + ",".join(STAT_COLUMNS) + ","]
+    for name, iid in view.frontend_ids().items():
+        if (proxy is None or proxy == iid) and types & STAT_FRONTEND:
+            lines.append(_row(_frontend_stats(name, view.frontends[name], iid)))
+    for name, iid in view.backend_ids().items():
+        if proxy is not None and proxy != iid:
+            continue
+        backend = view.backends[name]
+        if types & STAT_SERVER:
+            lines.extend(
+                _row(_server_stats(s, iid, now))
+                for s in backend.servers
+                if sid is None or s.sid == sid
+            )
+        if types & STAT_BACKEND:
+            lines.append(_row(_backend_stats(backend, iid, now)))
+    return lines
+
+
+# --------------------------------------------------------------------------- servers state
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def server_state_fields(server: Server, be_id: int, now: float) -> list[str]:
+    """One ``show servers state`` line's fields for ``server``."""
+    if not server.up:
+        op_state = SRV_ST_STOPPED
+    elif server.ramping:
+        op_state = SRV_ST_STARTING
+    else:
+        op_state = SRV_ST_RUNNING
+    admin = 0
+    if server.admin_state == MAINT:
+        admin = ADMF_FMAINT | (ADMF_CMAINT if server.admin_from_config else 0)
+    elif server.admin_state == DRAIN:
+        admin = ADMF_FDRAIN
+    result = server.last_check
+    health = server.health
+    check_state = 0
+    if health is not None:
+        check_state = CHK_ST_CONFIGURED
+        if server.checks_enabled:
+            check_state |= CHK_ST_ENABLED
+        if server.admin_state == MAINT:
+            check_state |= CHK_ST_PAUSED
+        if server.checking:
+            check_state |= CHK_ST_INPROGRESS
+    address = server.config.address
+    is_ip = _is_ip(address.host)
+    values: list[object] = [
+        be_id,
+        server.backend_name,
+        server.sid,
+        server.name,
+        address.host,
+        op_state,
+        admin,
+        server.weight,
+        server.config.weight,
+        int(now - server.last_change),
+        result.check_status.number if result is not None else 1,
+        result.check_status.result if result is not None else 0,
+        health.health if health is not None else 0,
+        check_state,
+        0,
+        0,
+        0,
+        "-" if is_ip else address.host,
+        address.port,
+        "-",
+        0,
+        0,
+        "-",
+        "-",
+        0,
+    ]
+    return [str(value) for value in values]
+
+
+def show_servers_state(view: ProcessView, backends: Iterable[Backend] | None = None) -> list[str]:
+    """``show servers state``: version line, header, one line per server."""
+    now = view.clock.seconds()
+    ids = view.backend_ids()
+    chosen = list(view.backends.values()) if backends is None else list(backends)
+    lines = ["1", "# " + " ".join(SERVERS_STATE_FIELDS)]
+    for backend in chosen:
+        be_id = ids[backend.name]
+        lines.extend(" ".join(server_state_fields(s, be_id, now)) for s in backend.servers)
+    return lines
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def table_header(name: str, table: StickTable) -> str:
+    return f"# table: {name}, type: ip, size:{table.size}, used:{len(table)}"
+
+
+def show_table(backend: Backend, now: float, key: bytes | None = None) -> list[str]:
+    """``show table NAME [key K]``: the header and the (matching) entries."""
+    table = backend.stick
+    assert table is not None
+    entries = table.entries(now)
+    lines = [table_header(backend.name, table)]
+    for entry in entries:
+        if key is not None and entry.key != key:
+            continue
+        server = backend.server(entry.server)
+        sid = server.sid if server is not None else 0
+        text = entry.key.decode("utf-8", "replace")
+        lines.append(
+            f"0x{entry.serial:x}: key={text} use=0 exp={int(entry.expires_in * 1000)} "
+            f"server_id={sid} server_key={entry.server}"
+        )
+    return lines

@@ -138,9 +138,10 @@ def test_systemd_socket_activation(sink_factory: Factory, peer_dir: Path) -> Non
         os.set_inheritable(3, True)
 
     # sh's $$ is the pid that exec keeps, which systemd puts in LISTEN_PID.
+    script = f'LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=smtp exec {twistd} -n --pidfile= relaybal -c "$0"'
     proc = subprocess.Popen(
-        ["sh", "-c", f'LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=smtp exec {twistd} -n --pidfile= relaybal -c "$0"', str(config)],
-        preexec_fn=hand_over, stdout=log, stderr=subprocess.STDOUT, pass_fds=(3,),
+        ["sh", "-c", script, str(config)],
+        preexec_fn=hand_over,  # noqa: PLW1509 - only dup2 between fork and exec stdout=log, stderr=subprocess.STDOUT, pass_fds=(3,),
     )  # fmt: skip
     try:
         listener.close()  # only the daemon holds it now

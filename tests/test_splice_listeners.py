@@ -116,7 +116,6 @@ def test_back_pressure_bounds_what_a_client_can_push(stalled_server: int, relayb
 
 def test_systemd_socket_activation(sink_factory: Factory, peer_dir: Path) -> None:
     """A listening socket handed over as fd 3 with LISTEN_FDS/LISTEN_PID, as systemd does."""
-    import os
     import subprocess
     import sys
 
@@ -133,16 +132,15 @@ def test_systemd_socket_activation(sink_factory: Factory, peer_dir: Path) -> Non
     twistd = str(Path(sys.executable).parent / "twistd")
     log = (peer_dir / "systemd.log").open("w")
 
-    def hand_over() -> None:  # in the child, before exec: the socket becomes fd 3
-        os.dup2(listener.fileno(), 3)
-        os.set_inheritable(3, True)
-
-    # sh's $$ is the pid that exec keeps, which systemd puts in LISTEN_PID.
-    script = f'LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=smtp exec {twistd} -n --pidfile= relaybal -c "$0"'
+    fd = listener.fileno()
+    # bash moves the socket to fd 3 and execs twistd, keeping its pid for LISTEN_PID.
+    script = (
+        f"exec 3<&{fd} {fd}<&-; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=smtp "
+        f'exec {twistd} -n --pidfile= relaybal -c "$0"'
+    )
     proc = subprocess.Popen(
-        ["sh", "-c", script, str(config)],
-        preexec_fn=hand_over,  # noqa: PLW1509 - only dup2 between fork and exec stdout=log, stderr=subprocess.STDOUT, pass_fds=(3,),
-    )  # fmt: skip
+        ["bash", "-c", script, str(config)], stdout=log, stderr=subprocess.STDOUT, pass_fds=(fd,)
+    )
     try:
         listener.close()  # only the daemon holds it now
         wait_until(lambda: "relaybal ready" in (peer_dir / "systemd.log").read_text(), 20, "relaybal ready")

@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -49,6 +49,7 @@ class RelaybalService(MultiService):
                     name=name,
                 )
         self.ports: list[IListeningPort] = []
+        self._listening = False
         # Health checks and the runtime API (the view reads self.frontends at each command).
         self.health = HealthMonitor(self.backends.values(), reactor)
         self.runtime = ProcessView(
@@ -57,6 +58,14 @@ class RelaybalService(MultiService):
 
     def privilegedStartService(self) -> None:
         # Listening happens here, before twistd drops privileges (port 25 needs root).
+        self._open_listeners()
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+
+    def _open_listeners(self) -> None:
+        """Open every listener, or report all that failed and exit with status 1."""
+        if self._listening:
+            return
+        self._listening = True
         problems: list[str] = []
         for name, frontend in self.frontends.items():
             for ep in frontend.config.listen:
@@ -79,7 +88,6 @@ class RelaybalService(MultiService):
             for port in self.ports:
                 port.stopListening()
             raise SystemExit(1)
-        super().privilegedStartService()  # type: ignore[no-untyped-call]
 
     def _listen(self, ep: str, factory: Any) -> IListeningPort:
         try:
@@ -95,6 +103,7 @@ class RelaybalService(MultiService):
         return result[0]
 
     def startService(self) -> None:
+        self._open_listeners()  # `twist` never calls privilegedStartService
         super().startService()  # type: ignore[no-untyped-call]
         self.health.start()
         for name, frontend in self.frontends.items():
@@ -117,7 +126,9 @@ class RelaybalService(MultiService):
 
     def stopService(self) -> Deferred[None] | None:
         self.health.stop()
-        for port in self.ports:
-            port.stopListening()
+        closing = [port.stopListening() for port in self.ports]
         self.ports.clear()
-        return super().stopService()  # type: ignore[no-untyped-call,no-any-return]
+        stopped = super().stopService()  # type: ignore[no-untyped-call]
+        # Wait for the listeners to close: a UNIX socket's file is removed only then.
+        waits = [d for d in (*closing, stopped) if isinstance(d, Deferred)]
+        return gatherResults(waits).addCallback(lambda _: None)

@@ -98,3 +98,31 @@ def test_systemd_endpoint_without_handed_over_socket(tmp_path: pathlib.Path) -> 
         "relaybal: frontend.a.listen: cannot listen on 'systemd:domain=INET:index=0'"
         in done.stdout + done.stderr
     )
+
+
+def test_twist_runs_the_plugin(tmp_path: pathlib.Path) -> None:
+    """The newer runner: ``twist relaybal -c FILE`` (it logs JSON when not on a terminal)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "r.toml"
+    config.write_text(
+        f'[frontend.a]\nmode = "splice"\nlisten = ["tcp:{port}:interface=127.0.0.1"]\nbackend = "mx"\n'
+        '[[backend.mx.server]]\nname = "a"\naddress = "127.0.0.1:9"\n'
+    )
+    proc = subprocess.Popen(
+        [str(BIN / "twist"), "relaybal", "-c", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    ready = False
+    for line in proc.stdout:
+        if "relaybal ready" in line:
+            ready = True
+            break
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.settimeout(10)
+        assert client.recv(100).startswith(b"421 4.3.2 ")  # port 9: nothing listens
+    proc.terminate()
+    proc.communicate(timeout=20)
+    assert ready

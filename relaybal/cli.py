@@ -28,6 +28,30 @@ def check_config(path: str) -> int:
     return 0
 
 
+def ctl(config_path: str, socket_path: str | None, words: Sequence[str], raw: bool, timeout: float) -> int:
+    """``relaybal ctl``: the socket from ``--socket`` or the config's ``[admin] socket``."""
+    from relaybal.admin.ctl import run_ctl
+
+    if socket_path is None:
+        try:
+            config = load_config(config_path)
+        except ConfigFileError as e:
+            print(e, file=sys.stderr)
+            return 2
+        except ConfigError as e:
+            for line in e.lines():
+                print(line, file=sys.stderr)
+            return 2
+        socket_path = config.admin.socket
+        if socket_path is None:
+            print(
+                f"{config_path}: admin.socket is not set (set it, or give --socket PATH)",
+                file=sys.stderr,
+            )
+            return 2
+    return run_ctl(socket_path, words, raw=raw, timeout=timeout, out=sys.stdout, err=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="relaybal", description="SMTP relay balancer")
     parser.add_argument("--version", action="version", version=f"relaybal {__version__}")
@@ -37,7 +61,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("demo", help="run relaybal in front of two local sinks and send mail")
     p.add_argument("--once", action="store_true", help="exit after the table")
     p.add_argument("--messages", type=int, default=200, help="messages to send (default 200)")
+    p = sub.add_parser(
+        "ctl",
+        help="send a command to the runtime API socket and print the answer",
+        description="Send COMMAND (e.g. 'show servers state', 'set server mx/mail1 state drain') "
+        "to the runtime API socket and print the answer; 'help' lists the commands.",
+    )
+    p.add_argument(
+        "-c", "--config", default="/etc/relaybal/relaybal.toml",
+        help="read the socket path from this file's [admin] socket (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--socket", help="path of the socket (instead of reading the config)")
+    p.add_argument("--raw", action="store_true", help="print the exact answer, as socat would")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
+    p.add_argument("words", nargs="+", metavar="COMMAND")
     args = parser.parse_args(argv)
+    if args.command == "ctl":
+        return ctl(args.config, args.socket, args.words, args.raw, args.timeout)
     if args.command == "check-config":
         return check_config(args.file)
     if args.command == "demo":

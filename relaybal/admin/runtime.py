@@ -29,11 +29,17 @@ import stat
 from typing import Any
 
 from twisted.internet.error import CannotListenError, ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IListeningPort,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from relaybal.admin.commands import CliSession, RuntimeCommands
 
@@ -48,8 +54,14 @@ IDLE_TIMEOUT = 60.0
 PROMPT = b"> "
 
 
+@implementer(IHalfCloseableProtocol)
 class RuntimeProtocol(LineOnlyReceiver):
-    """One runtime-API connection."""
+    """One runtime-API connection.
+
+    Half-closing is expected (``echo … | socat`` shuts its sending side down
+    after the line): the answer is still written, then the connection closes.
+    A last line without a newline before that counts as a line.
+    """
 
     delimiter = b"\n"
     MAX_LENGTH = 16384
@@ -89,6 +101,21 @@ class RuntimeProtocol(LineOnlyReceiver):
             transport.loseConnection()
         else:
             transport.write(PROMPT)
+
+    def readConnectionLost(self) -> None:
+        # LineOnlyReceiver keeps an unterminated last line in _buffer.
+        rest = self._buffer
+        self._buffer = b""
+        if rest and not self.session.closing:
+            self.lineReceived(rest)
+        self.session.closing = True
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        self.session.closing = True
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         transport = self.transport

@@ -505,12 +505,13 @@ class HealthChecker:
         return CheckResult("SOCKERR", info=failure.getErrorMessage())
 
     def _done(self, result: CheckResult) -> None:
-        self.in_flight = False
         self.server.checking = False
-        if not self._wanted():
-            return
-        self.server.check_done(result)
-        if self.running and self.timer is None:
+        if self._wanted():
+            # Still in flight while the result is applied: the changes it causes
+            # must not schedule a check of their own.
+            self.server.check_done(result)
+        self.in_flight = False
+        if self._wanted() and self.timer is None:
             self._schedule(self._interval())
 
     def server_event(self, event: ServerEvent) -> None:

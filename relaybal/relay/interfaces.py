@@ -1,0 +1,186 @@
+"""The seams of the relay receiving side: where accepted mail goes, who decides.
+
+- :class:`IMessageSink` / :class:`IMessageWriter`: an accepted message is
+  streamed to a writer and committed; the server answers ``250`` only when
+  :meth:`IMessageWriter.commit` succeeds. The spool (store-and-forward) and
+  cut-through delivery implement these; :mod:`relaybal.relay.memory` is an
+  in-memory one.
+- :class:`ISessionPolicy`: asked at each stage of a session (connect, HELO,
+  MAIL, RCPT, DATA, end of data). An answer may be a :class:`~relaybal.smtp.wire.Reply`,
+  None ("no opinion": go on) or a Deferred of either; the server reads no
+  further command while an answer is pending, so pipelined replies stay in
+  order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeAlias
+
+import attrs
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface
+
+from relaybal.smtp.wire import Mailbox, Reply
+
+#: What a policy hook returns.
+Decision: TypeAlias = "Reply | Deferred[Reply | None] | None"
+
+
+class SinkError(Exception):
+    """A sink cannot take (or keep) a message; ``reply`` is what the client is told.
+
+    The default, ``451 4.3.0``, asks the client to retry later; a spool that is
+    full says ``452 4.3.1``; a message refused for good, ``554 5.x.x``.
+    """
+
+    def __init__(self, reply: Reply | None = None) -> None:
+        self.reply = reply if reply is not None else Reply(451, "4.3.0", "Temporary failure, try again later")
+        super().__init__(f"{self.reply.code} {self.reply.status} {self.reply.text}")
+
+
+@attrs.frozen
+class TLSInfo:
+    """The TLS session of a client connection, as the ``Received:`` header tells it."""
+
+    version: str
+    cipher: str
+    bits: int
+
+
+@attrs.define
+class SessionState:
+    """What a session knows about its client and its current transaction.
+
+    Policies read it (they must not change it). ``client`` is the real client
+    (from the PROXY header when one was read), None for a non-IP client such
+    as a UNIX socket; ``proxy`` is the address the connection came from when a
+    PROXY header was read.
+    """
+
+    frontend: str
+    client: tuple[str, int] | None = None
+    local: tuple[str, int] | None = None
+    proxy: tuple[str, int] | None = None
+    helo: str | None = None
+    esmtp: bool = False
+    tls: TLSInfo | None = None
+    user: str | None = None
+    # the transaction
+    sender: Mailbox | None = None
+    mail_params: Mapping[str, str | None] = attrs.field(factory=dict)
+    recipients: list[Mailbox] = attrs.field(factory=list)
+    smtputf8: bool = False
+    body_type: str = "7BIT"
+
+    @property
+    def client_host(self) -> str | None:
+        return self.client[0] if self.client is not None else None
+
+    def reset_transaction(self) -> None:
+        """Forget the sender and recipients (RSET, end of a message, EHLO)."""
+        self.sender = None
+        self.mail_params = {}
+        self.recipients = []
+        self.smtputf8 = False
+        self.body_type = "7BIT"
+
+
+@attrs.frozen
+class Envelope:
+    """One message's envelope, as the sink receives it.
+
+    ``sender`` is :data:`~relaybal.smtp.wire.NULL_SENDER` for ``<>``.
+    ``client``, ``helo``, ``tls`` and ``user`` describe the session it came
+    from; ``received_at`` is the reactor time of the DATA command.
+    """
+
+    sender: Mailbox
+    recipients: tuple[Mailbox, ...]
+    mail_params: Mapping[str, str | None]
+    smtputf8: bool
+    body_type: str
+    frontend: str
+    client: tuple[str, int] | None
+    helo: str | None
+    tls: TLSInfo | None
+    user: str | None
+    received_at: float
+
+    @classmethod
+    def of(cls, state: SessionState, received_at: float) -> Envelope:
+        assert state.sender is not None
+        return cls(
+            sender=state.sender,
+            recipients=tuple(state.recipients),
+            mail_params=dict(state.mail_params),
+            smtputf8=state.smtputf8,
+            body_type=state.body_type,
+            frontend=state.frontend,
+            client=state.client,
+            helo=state.helo,
+            tls=state.tls,
+            user=state.user,
+            received_at=received_at,
+        )
+
+
+class IMessageWriter(Interface):
+    """One message being received.
+
+    The body arrives through :meth:`write` in order: CRLF-terminated lines, no
+    bare CR or LF, no NUL, dot-stuffing already removed (lines starting with
+    ``.`` must be dot-stuffed again when sent on), the session's
+    ``Received:`` header first. Exactly one of :meth:`commit` or
+    :meth:`abort` is called at the end.
+    """
+
+    queue_id = Attribute("str: the message's queue ID, known from the start (it is in Received:)")
+
+    def write(data: bytes) -> None:
+        """Take the next piece of the body; must not block."""
+
+    def commit() -> Deferred[str]:
+        """Make the message safe; fire with the queue ID once it is.
+
+        Fail with :class:`SinkError` to give the client a chosen reply; any
+        other failure becomes ``451 4.3.0`` (and is logged with its traceback).
+        """
+
+    def abort() -> None:
+        """Forget the message (refused, client gone, RSET); no reply depends on it."""
+
+
+class IMessageSink(Interface):
+    """Where a relay frontend puts the messages it accepts."""
+
+    def begin(envelope: Envelope) -> IMessageWriter:
+        """Start a message (at DATA, before ``354``); raise :class:`SinkError` to refuse it."""
+
+
+class ISessionPolicy(Interface):
+    """Decisions at each stage of a session (the policy chain plugs in here).
+
+    Every method returns a :data:`Decision`: None to let the default answer
+    stand, a :class:`~relaybal.smtp.wire.Reply` to answer with it (a 4xx/5xx
+    refuses the command; a 2xx replaces the default wording), or a Deferred
+    of either. A failed Deferred or an exception answers ``451 4.3.0``.
+    """
+
+    def connect(state: SessionState) -> Decision:
+        """A client connected (its real address is known); a refusal is sent instead of the greeting."""
+
+    def helo(state: SessionState, name: str) -> Decision:
+        """HELO or EHLO ``name``."""
+
+    def mail(state: SessionState, sender: Mailbox, params: Mapping[str, str | None]) -> Decision:
+        """MAIL FROM, after syntax and size checks."""
+
+    def rcpt(state: SessionState, recipient: Mailbox, params: Mapping[str, str | None]) -> Decision:
+        """RCPT TO, after syntax and recipient-count checks; ``state.recipients`` are those accepted so far."""
+
+    def data(state: SessionState) -> Decision:
+        """DATA or the first BDAT, before the sink is asked."""
+
+    def message(state: SessionState, envelope: Envelope, size: int) -> Decision:
+        """The whole body was received cleanly (``size`` octets), before it is committed."""

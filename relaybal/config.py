@@ -95,6 +95,12 @@ class FrontendConfig:
     auth: AuthConfig | None = None
     allow_plaintext_auth: bool = False
     bare_newline: str = "reject"
+    timeout_data: float = 180.0
+    timeout_session: float = 3600.0
+    max_command_line: int = 2048
+    max_line_length: int = 1000
+    max_path_length: int = 256
+    max_local_part: int = 64
 
 
 @attrs.frozen
@@ -494,6 +500,8 @@ def _read_frontend(name: str, r: _Reader, global_: GlobalConfig) -> FrontendConf
     relay_keys = (
         "hostname", "banner", "max_message_size", "max_recipients", "delivery", "policies",
         "tls", "require_tls", "auth", "allow_plaintext_auth", "bare_newline",
+        "timeout_data", "timeout_session", "max_command_line", "max_line_length",
+        "max_path_length", "max_local_part",
     )  # fmt: skip
     if mode != "relay":
         for key in relay_keys:
@@ -512,7 +520,17 @@ def _read_frontend(name: str, r: _Reader, global_: GlobalConfig) -> FrontendConf
         require_tls=r.get("require_tls", boolean, d.require_tls),
         allow_plaintext_auth=r.get("allow_plaintext_auth", boolean, d.allow_plaintext_auth),
         bare_newline=r.get("bare_newline", choice(BARE_NEWLINE), d.bare_newline),
+        timeout_data=r.get("timeout_data", duration, d.timeout_data),
+        timeout_session=r.get("timeout_session", duration, d.timeout_session),
+        # RFC 5321 section 4.5.3.1: these are minimums a server must accept.
+        max_command_line=r.get("max_command_line", integer(512, 1024 * 1024), d.max_command_line),
+        max_line_length=r.get("max_line_length", integer(1000, 64 * 1024 * 1024), d.max_line_length),
+        max_path_length=r.get("max_path_length", integer(256, 4096), d.max_path_length),
+        max_local_part=r.get("max_local_part", integer(64, 4096), d.max_local_part),
     )
+    for key in ("timeout_client", "timeout_data", "proxy_timeout"):
+        if r.has(key) and kw[key] <= 0:
+            r.error(key, "must be greater than zero")
     tls = r.table("tls")
     if tls is not None and tls.ok:
         kw["tls"] = TLSServerConfig(
@@ -531,6 +549,12 @@ def _read_frontend(name: str, r: _Reader, global_: GlobalConfig) -> FrontendConf
     if kw["require_tls"] and "tls" not in kw:
         r.error(
             "require_tls", "needs a tls table (STARTTLS cannot be offered without a certificate)"
+        )
+    if "auth" in kw and "tls" not in kw and not kw["allow_plaintext_auth"]:
+        r.error(
+            "auth",
+            "would never be offered: AUTH needs STARTTLS (a tls table) "
+            "or allow_plaintext_auth = true",
         )
     r.finish()
     return FrontendConfig(**kw)

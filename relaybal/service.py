@@ -19,6 +19,7 @@ from relaybal.admin.stats import ProcessView
 from relaybal.balance.backend import Backend
 from relaybal.config import Config
 from relaybal.health.checks import HealthMonitor
+from relaybal.relay.frontend import RelayFrontend, RelaySetupError, build_relay_frontend
 from relaybal.splice.frontend import SpliceFrontend
 
 log = Logger(namespace="relaybal")
@@ -37,16 +38,25 @@ class RelaybalService(MultiService):
         self.reactor = reactor
         rng = rng if rng is not None else random.Random()
         self.backends = {name: Backend(bc, reactor, rng) for name, bc in config.backends.items()}
-        self.frontends: dict[str, SpliceFrontend] = {}
+        self.frontends: dict[str, SpliceFrontend | RelayFrontend] = {}
         for name, fc in config.frontends.items():
             if fc.mode == "splice":
                 self.frontends[name] = SpliceFrontend(
                     fc, self.backends[fc.backend], reactor, config.global_.hostname
                 )
             else:
+                try:
+                    self.frontends[name] = build_relay_frontend(fc, self.backends[fc.backend], reactor)
+                except RelaySetupError as e:
+                    print(f"relaybal: {e}", file=sys.stderr)
+                    raise SystemExit(1) from None
                 log.warn(
-                    "frontend {name}: relay mode is not available in this version; not started",
+                    "frontend {name}: relay mode has no spool or delivery yet: accepted messages "
+                    "are kept in memory only and are not delivered{policies}",
                     name=name,
+                    policies="; policies are not applied yet (only loopback clients may relay)"
+                    if fc.policies
+                    else "",
                 )
         self.ports: list[IListeningPort] = []
         self._listening = False

@@ -324,7 +324,7 @@ def test_starttls_check_records_certificate_days() -> None:
     assert p.say(b"250-mx.test\r\n250 SIZE 100\r\n") == b"QUIT\r\n"
     p.say(b"221 bye\r\n")
     assert p.result.status == "L7OK" and p.result.cert_days == 30
-    assert p.result.info == "mx.test; TLS established, certificate expires in 30 days"
+    assert p.result.info == "mx.test; TLS established; certificate expires in 30 days"
 
 
 def test_starttls_check_reports_an_expired_certificate() -> None:

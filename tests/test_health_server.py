@@ -246,7 +246,9 @@ def test_runtime_weight_changes_the_share(health_log: LogCapture) -> None:
 
 def test_weight_change_rebuilds_the_hash_ring() -> None:
     backend = make_backend(balance="source")
-    keys = [f"192.0.2.{i}".encode() for i in range(1, 255)] + [f"198.51.100.{i}".encode() for i in range(1, 255)]
+    keys = [f"192.0.2.{i}".encode() for i in range(1, 255)] + [
+        f"198.51.100.{i}".encode() for i in range(1, 255)
+    ]
 
     def share_of_a() -> int:
         return sum(1 for key in keys if backend.pick(key).name == "a")  # type: ignore[union-attr]

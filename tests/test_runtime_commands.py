@@ -86,7 +86,10 @@ def health_log(monkeypatch: pytest.MonkeyPatch) -> LogCapture:
 
 
 def test_split_line_commands_words_and_escapes() -> None:
-    assert split_line("show info;show  stat\t-1 4 -1 ;; ") == [["show", "info"], ["show", "stat", "-1", "4", "-1"]]
+    assert split_line("show info;show  stat\t-1 4 -1 ;; ") == [
+        ["show", "info"],
+        ["show", "stat", "-1", "4", "-1"],
+    ]
     assert split_line(r"clear table mx key a\;b\ c\\") == [["clear", "table", "mx", "key", "a;b c\\"]]
     assert split_line("x\\") == [["x\\"]]
     assert split_line("  ") == []
@@ -150,7 +153,9 @@ def test_show_info(rt: Runtime) -> None:
     assert info["Uptime"] == "0d 1h02m05s" and info["Uptime_sec"] == "3725"
     assert info["CurrConns"] == "5" and info["CumConns"] == "50" and info["Maxconn"] == "10000"
     assert info["node"] == "lb.test" and info["Start_time_sec"] == "1000000"
-    assert rt.lines("show info json") == ["'show info' takes no arguments (only the plain format is supported)."]
+    assert rt.lines("show info json") == [
+        "'show info' takes no arguments (only the plain format is supported)."
+    ]
 
 
 def stat_rows(rt: Runtime, line: str = "show stat") -> list[dict[str, str]]:
@@ -189,7 +194,9 @@ def test_show_stat_rows_and_haproxy_columns(rt: Runtime) -> None:
     assert rb["status"] == "DOWN" and rb["check_status"] == "L7STS" and rb["check_code"] == "421"
     assert rb["chkfail"] == "1" and rb["chkdown"] == "1" and rb["last_chk"] == "4.3.2 busy"
     assert rs["status"] == "MAINT" and rs["bck"] == "1" and rs["check_status"] == ""
-    assert rbe["status"] == "UP" and rbe["act"] == "1" and rbe["weight"] == "2" and rbe["algo"] == "roundrobin"
+    assert (
+        rbe["status"] == "UP" and rbe["act"] == "1" and rbe["weight"] == "2" and rbe["algo"] == "roundrobin"
+    )
     assert rbe["scur"] == "1" and rbe["type"] == "1"
 
 
@@ -252,12 +259,22 @@ def test_show_servers_state_fields(rt: Runtime) -> None:
     rows = state_rows(rt)
     assert list(rows) == ["a", "b", "spare", "gw1"]
     ra, rb, rs, rg = rows["a"], rows["b"], rows["spare"], rows["gw1"]
-    assert [ra[k] for k in ("be_id", "be_name", "srv_id", "srv_addr", "srv_port")] == ["1", "mx", "1", "10.0.0.1", "25"]
-    assert (ra["srv_op_state"], ra["srv_admin_state"], ra["srv_uweight"], ra["srv_iweight"]) == ("2", "0", "2", "2")
+    assert [ra[k] for k in ("be_id", "be_name", "srv_id", "srv_addr", "srv_port")] == [
+        "1",
+        "mx",
+        "1",
+        "10.0.0.1",
+        "25",
+    ]
+    assert (ra["srv_op_state"], ra["srv_admin_state"], ra["srv_uweight"], ra["srv_iweight"]) == (
+        "2",
+        "0",
+        "2",
+        "2",
+    )
     assert ra["srv_time_since_last_change"] == "7"
-    assert (ra["srv_check_status"], ra["srv_check_result"], ra["srv_check_health"], ra["srv_check_state"]) == (
-        "15", "3", "4", "6",
-    )  # fmt: skip
+    checks = ("srv_check_status", "srv_check_result", "srv_check_health", "srv_check_state")
+    assert [ra[k] for k in checks] == ["15", "3", "4", "6"]
     assert (rb["srv_op_state"], rb["srv_check_status"], rb["srv_check_result"], rb["srv_check_health"]) == (
         "0", "17", "2", "0",
     )  # fmt: skip
@@ -318,7 +335,10 @@ def test_show_and_clear_table(rt: Runtime) -> None:
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("show table relays", "No such table: 'relays' (tables are named after backends with a stick table)."),
+        (
+            "show table relays",
+            "No such table: 'relays' (tables are named after backends with a stick table).",
+        ),
         ("show table nope", "No such table: 'nope' (tables are named after backends with a stick table)."),
         ("show table mx data.gpc0 gt 0", "Only a 'key <key>' filter is supported."),
         ("clear table", "usage: clear table <table> [key <key>]"),
@@ -419,8 +439,13 @@ def test_severity_output_prefixes_messages_not_dumps(rt: Runtime) -> None:
     assert rt("set severity-output number;set server mx/nope state drain;show backend") == (
         "\n[3]: No such server.\n\n# name\nmx\nrelays\n\n"
     )
-    assert rt("set severity-output string;bogus") == "\n[err]: Unknown command 'bogus'; 'help' lists the commands.\n\n"
-    assert rt("set severity-output none;bogus").endswith("\nUnknown command 'bogus'; 'help' lists the commands.\n\n")
+    assert (
+        rt("set severity-output string;bogus")
+        == "\n[err]: Unknown command 'bogus'; 'help' lists the commands.\n\n"
+    )
+    assert rt("set severity-output none;bogus").endswith(
+        "\nUnknown command 'bogus'; 'help' lists the commands.\n\n"
+    )
 
 
 def test_a_crashing_command_is_one_error_and_is_logged(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -433,6 +458,8 @@ def test_a_crashing_command_is_one_error_and_is_logged(rt: Runtime, monkeypatch:
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(ProcessView, "backend_ids", boom)
-    assert rt.lines("show servers state") == ["Internal error while running 'show servers state': disk on fire"]
+    assert rt.lines("show servers state") == [
+        "Internal error while running 'show servers state': disk on fire"
+    ]
     assert events and events[0]["log_failure"].check(RuntimeError)
     assert rt.lines("show backend") == ["# name", "mx", "relays"]  # the next command works

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from health_fakes import REFUSED, make_backend
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from health_fakes import REFUSED, make_backend
 from twisted.internet.task import Clock
 
 from relaybal.balance.stick import StickTable
@@ -53,7 +53,7 @@ def test_expired_entries_are_purged_as_new_ones_arrive() -> None:
         table.record(str(i).encode(), "a", now=i * 0.1)
     table.record(b"late", "a", now=12.05)  # entries recorded up to 2.05 have expired
     assert len(table) == 1 + 29
-    assert [e.key for e in table.entries(now=12.05)][0] == b"21"
+    assert table.entries(now=12.05)[0].key == b"21"
 
 
 def test_entries_show_time_left_and_remove_clear() -> None:

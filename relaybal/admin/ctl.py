@@ -13,6 +13,7 @@ sends the line as given and prints exactly what the socket answered, as
 
 from __future__ import annotations
 
+import csv
 import re
 import socket
 from collections.abc import Sequence
@@ -94,12 +95,11 @@ def readable(block: Sequence[str]) -> list[str]:
 
 
 def _csv_table(block: Sequence[str]) -> list[str]:
-    def cells(line: str) -> list[str]:
-        parts = line.split(",")
-        return parts[:-1] if parts and parts[-1] == "" else parts
-
-    header = cells(block[0][2:])
-    rows = [cells(line) for line in block[1:]]
+    # Every line ends with a comma: drop the empty last cell it makes.
+    parsed = [
+        cells[:-1] if cells and cells[-1] == "" else cells for cells in csv.reader([block[0][2:], *block[1:]])
+    ]
+    header, rows = parsed[0], parsed[1:]
     rows = [row + [""] * (len(header) - len(row)) for row in rows]
     keep = [i for i in range(len(header)) if i < 2 or any(row[i] for row in rows)]
     return align([[header[i] for i in keep], *([row[i] for i in keep] for row in rows)])
@@ -122,9 +122,7 @@ def _entries_table(lines: Sequence[str]) -> list[str]:
     return align([names, *([entry.get(name, "") for name in names] for entry in parsed)])
 
 
-def run_ctl(
-    path: str, words: Sequence[str], *, raw: bool, timeout: float, out: TextIO, err: TextIO
-) -> int:
+def run_ctl(path: str, words: Sequence[str], *, raw: bool, timeout: float, out: TextIO, err: TextIO) -> int:
     """Send ``words`` (joined by spaces) and print the answer; return the exit status.
 
     0: answered; 1: the answer is an error message; 2: the socket could not be used.

@@ -7,7 +7,8 @@ protocol adds the end-of-output marker). Formats follow HAProxy 2.6's
 * ``show info``: ``Name: value`` lines, for the fields relaybal has;
 * ``show stat``: CSV whose header is HAProxy's column list from ``pxname``
   to ``uweight`` (so columns keep HAProxy's positions), with the values
-  relaybal has and empty fields elsewhere, every line ending with a comma;
+  relaybal has and empty fields elsewhere, every line ending with a comma; a
+  value holding a comma or a double quote is quoted (RFC 4180);
 * ``show servers state``: version ``1``, the ``#`` header of the 25 version-1
   fields, one space-separated line per server;
 * ``show table``: ``# table: NAME, type: ip, size:N, used:N`` and one
@@ -176,9 +177,11 @@ def _row(values: Mapping[str, object]) -> str:
     cells = []
     for column in STAT_COLUMNS:
         value = values.get(column)
-        text = "" if value is None else str(value)
-        # Fields never hold a comma or a newline in HAProxy's CSV; keep it so.
-        cells.append(text.replace(",", ";").replace("\n", " "))
+        text = "" if value is None else str(value).replace("\n", " ")
+        if "," in text or '"' in text:
+            # Quoted as RFC 4180 says (HAProxy's csv_enc does the same).
+            text = '"' + text.replace('"', '""') + '"'
+        cells.append(text)
     return ",".join(cells) + ","
 
 

@@ -421,10 +421,10 @@ class _SmtpProbe(Protocol):
     def _tls_words(self) -> str:
         days = self.cert_days
         if days is None:
-            return "TLS established, no certificate"
+            return "TLS established; no certificate"
         if days < 0:
-            return f"TLS established, certificate expired {-days} days ago"
-        return f"TLS established, certificate expires in {days} days"
+            return f"TLS established; certificate expired {-days} days ago"
+        return f"TLS established; certificate expires in {days} days"
 
 
 # --------------------------------------------------------------------------- scheduling

@@ -177,7 +177,7 @@ class ISessionPolicy(Interface):
         """MAIL FROM, after syntax and size checks."""
 
     def rcpt(state: SessionState, recipient: Mailbox, params: Mapping[str, str | None]) -> Decision:
-        """RCPT TO, after syntax and recipient-count checks; ``state.recipients`` are those accepted so far."""
+        """RCPT TO, after syntax and count checks; ``state.recipients``: those accepted so far."""
 
     def data(state: SessionState) -> Decision:
         """DATA or the first BDAT, before the sink is asked."""

@@ -33,7 +33,7 @@ import hmac
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 from twisted.cred import credentials, error, portal
@@ -191,6 +191,13 @@ class UsersFile:
 # --------------------------------------------------------------------------- twisted.cred
 
 
+class UserLookup(Protocol):
+    """What the checker needs of a users table (:class:`UsersFile` in the daemon)."""
+
+    def lookup(self, name: str) -> tuple[str, PasswordHash] | None:
+        """``(hash text, parsed hash)`` of ``name``, or None."""
+
+
 @implementer(ICredentialsChecker)
 class UsersFileChecker:
     """Checks ``IUsernamePassword`` credentials against a :class:`UsersFile`.
@@ -202,15 +209,15 @@ class UsersFileChecker:
 
     credentialInterfaces = (credentials.IUsernamePassword,)
 
-    def __init__(self, users: UsersFile, run: Runner[bool]) -> None:
+    def __init__(self, users: UserLookup, run: Runner[bool]) -> None:
         self.users = users
         self.run = run
         self._secret = os.urandom(32)
         self._verified: dict[str, tuple[str, bytes]] = {}
 
-    def requestAvatarId(self, creds: Any) -> Deferred[bytes]:
+    def requestAvatarId(self, creds: Any) -> Deferred[bytes | tuple[()]]:
         try:
-            name = creds.username.decode("utf-8")
+            name: str = creds.username.decode("utf-8")
             password = bytes(creds.password)
         except (AttributeError, UnicodeDecodeError):
             return fail(error.UnauthorizedLogin())
@@ -226,7 +233,7 @@ class UsersFileChecker:
         if cached is not None and cached[0] == encoded and hmac.compare_digest(cached[1], mac):
             return succeed(name.encode("utf-8"))
 
-        def checked(ok: bool) -> bytes:
+        def checked(ok: bool) -> bytes | tuple[()]:
             if not ok:
                 return _unauthorized()
             self._verified[name] = (encoded, mac)
@@ -261,7 +268,7 @@ class RelayRealm:
         return IRelayUser, RelayUser(name), lambda: None
 
 
-def make_portal(users: UsersFile, run: Runner[bool]) -> portal.Portal:
+def make_portal(users: UserLookup, run: Runner[bool]) -> portal.Portal:
     """A portal that authenticates against ``users``."""
     return portal.Portal(RelayRealm(), [UsersFileChecker(users, run)])
 
@@ -270,8 +277,10 @@ def login(p: portal.Portal, username: bytes, password: bytes) -> Deferred[str]:
     """Fire with the user name, or fail with ``UnauthorizedLogin``."""
     d = p.login(credentials.UsernamePassword(username, password), None, IRelayUser)
 
-    def avatar(result: tuple[Any, RelayUser, Any]) -> str:
-        return result[1].name
+    def avatar(result: tuple[Any, object, Any]) -> str:
+        user = result[1]
+        assert isinstance(user, RelayUser)
+        return user.name
 
     return d.addCallback(avatar)
 

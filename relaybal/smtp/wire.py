@@ -311,10 +311,11 @@ def xtext_decode(value: str) -> str:
 def check_helo_name(args: bytes) -> str:
     """The name given in HELO/EHLO, or CommandError ``501``.
 
-    Anything printable without spaces is accepted (clients send NetBIOS names,
-    bare addresses and worse); the name is only recorded, in ``Received:``.
+    Anything printable is accepted (clients send NetBIOS names, bare addresses
+    and worse); words after the first are ignored. The name is only recorded,
+    in ``Received:``.
     """
-    name = args.strip(b" ")
+    name = args.strip(b" ").split(b" ", 1)[0]
     if not name or len(name) > 255 or not all(0x21 <= b <= 0x7E for b in name):
         raise CommandError(501, "5.5.4", "Syntax: EHLO hostname")
     return name.decode("ascii")

@@ -524,13 +524,16 @@ def _read_frontend(name: str, r: _Reader, global_: GlobalConfig) -> FrontendConf
         timeout_session=r.get("timeout_session", duration, d.timeout_session),
         # RFC 5321 section 4.5.3.1: these are minimums a server must accept.
         max_command_line=r.get("max_command_line", integer(512, 1024 * 1024), d.max_command_line),
-        max_line_length=r.get("max_line_length", integer(1000, 64 * 1024 * 1024), d.max_line_length),
+        max_line_length=r.get("max_line_length", size, d.max_line_length),
         max_path_length=r.get("max_path_length", integer(256, 4096), d.max_path_length),
         max_local_part=r.get("max_local_part", integer(64, 4096), d.max_local_part),
     )
     for key in ("timeout_client", "timeout_data", "proxy_timeout"):
         if r.has(key) and kw[key] <= 0:
             r.error(key, "must be greater than zero")
+    if not 1000 <= kw["max_line_length"] <= 64 * 1024 * 1024:
+        r.error("max_line_length", "must be 1000 (RFC 5321's minimum) to 64M")
+        kw["max_line_length"] = d.max_line_length
     tls = r.table("tls")
     if tls is not None and tls.ok:
         kw["tls"] = TLSServerConfig(

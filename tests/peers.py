@@ -58,6 +58,7 @@ _PACKAGE_OF = {
     "postconf": "postfix",
     "haproxy": "haproxy",
     "swaks": "swaks",
+    "socat": "socat",
 }
 
 # Polling interval of the condition waiters: they wait for a condition, they

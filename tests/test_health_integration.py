@@ -30,6 +30,7 @@ from peers import (
     SmtpSink,
     free_port,
     haproxy_preamble,
+    require_program,
     send_one_message,
     smtp_source,
     wait_until,
@@ -405,3 +406,33 @@ def test_starttls_check_against_postfix_reports_certificate_days(
     sessions = [line for line in postfix.log().splitlines() if "disconnect from" in line]
     assert sessions and all("quit=1" in line for line in sessions), sessions
     assert "lost connection" not in postfix.log()
+
+
+def test_real_socat_speaks_to_the_admin_socket(
+    sink_factory: Factory, relaybal_factory: Factory, peer_dir: Path
+) -> None:
+    """``echo "show servers state" | socat stdio UNIX-CONNECT:…`` works as it does for HAProxy."""
+    socat = require_program("socat")
+    a: SmtpSink = sink_factory()
+    port = free_port()
+    sock = peer_dir / "admin.sock"
+    relaybal_factory(config_text(port, [("mail1", a.port)], sock), wait_ports=[port])
+    wait_until(sock.exists, 10, "the admin socket")
+    done = subprocess.run(
+        [socat, "stdio", f"UNIX-CONNECT:{sock}"],
+        input="show servers state\n", capture_output=True, text=True, timeout=10, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "1" and lines[1].startswith("# be_id be_name srv_id srv_name srv_addr")
+    assert lines[2].split(" ")[1:4] == ["mx", "1", "mail1"]
+    done = subprocess.run(
+        [socat, "stdio", f"UNIX-CONNECT:{sock}"],
+        input="set server mx/mail1 state drain\n", capture_output=True, text=True, timeout=10, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == ""
+    done = subprocess.run(
+        [socat, "stdio", f"UNIX-CONNECT:{sock}"],
+        input="show servers state mx\n", capture_output=True, text=True, timeout=10, check=False,
+    )  # fmt: skip
+    assert done.stdout.splitlines()[2].split(" ")[6] == "8"  # srv_admin_state: drain (HAProxy's bit 8)

@@ -69,9 +69,13 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
 
 
-def hash_password(password: str, salt: bytes | None = None, ln: int = SCRYPT_LN) -> str:
-    """A ``$scrypt$`` entry for ``password`` (a fresh random salt unless one is given)."""
+def hash_password(password: str, salt: bytes | None = None, ln: int | None = None) -> str:
+    """A ``$scrypt$`` entry for ``password`` (a fresh random salt unless one is given).
+
+    ``ln`` is log2 of scrypt's cost N (default :data:`SCRYPT_LN`: 16 MiB, tens of ms).
+    """
     salt = os.urandom(16) if salt is None else salt
+    ln = SCRYPT_LN if ln is None else ln
     key = hashlib.scrypt(
         password.encode("utf-8"), salt=salt, n=2**ln, r=SCRYPT_R, p=SCRYPT_P, dklen=KEY_LENGTH,
         maxmem=256 * 1024 * 1024,

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench bench-relay-receive clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV): install the venv module (apt-get install python3-venv)" >&2; exit 1; }
@@ -31,6 +31,10 @@ test: lint typecheck unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/splice.py
+	$(BIN)/python bench/relay_receive.py
+
+bench-relay-receive: $(STAMP)
+	$(BIN)/python bench/relay_receive.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

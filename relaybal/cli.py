@@ -75,7 +75,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--raw", action="store_true", help="print the exact answer, as socat would")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
     p.add_argument("words", nargs="+", metavar="COMMAND")
+    p = sub.add_parser(
+        "import-haproxy",
+        help="translate an HAProxy configuration into a relaybal one",
+        description="Translate HAProxy's configuration (global, defaults, frontend, backend, listen) "
+        "into relaybal TOML. What cannot be translated is listed on stderr and kept as comments. "
+        "Exit status: 0 complete, 3 partial (or the output does not load yet), 2 unreadable file.",
+    )
+    p.add_argument("file", help="the haproxy.cfg to read")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the TOML here (default: stdout)")
     args = parser.parse_args(argv)
+    if args.command == "import-haproxy":
+        from relaybal.importer import import_haproxy
+
+        return import_haproxy(args.file, args.output, stdout=sys.stdout, stderr=sys.stderr)
     if args.command == "ctl":
         return ctl(args.config, args.socket, args.words, args.raw, args.timeout)
     if args.command == "check-config":

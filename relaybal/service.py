@@ -52,7 +52,7 @@ class RelaybalService(MultiService):
                     raise SystemExit(1) from None
                 log.warn(
                     "frontend {name}: relay mode has no spool or delivery yet: accepted messages "
-                    "are kept in memory only and are not delivered{policies}",
+                    "are counted and discarded, not delivered{policies}",
                     name=name,
                     policies="; policies are not applied yet (only loopback clients may relay)"
                     if fc.policies

@@ -203,3 +203,13 @@ def test_main_asks_twice(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
     monkeypatch.setattr(auth.getpass, "getpass", lambda prompt: next(answers))
     assert auth.main(["alice"]) == 1
     assert "differ" in capsys.readouterr().err
+
+
+def test_the_documented_users_file_works() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "relay.rst").read_text()
+    block = text.split("    # relaybal users")[1].split("\n", 1)[1].split("\n\n")[0]
+    users = auth.parse_users(block)
+    assert users["alice"][1].verify(b"wonderland")
+    assert users["app@example.com"][1].verify(b"looking-glass")

@@ -38,7 +38,9 @@ def scan(
     return b"".join(out), rest, scanner.error
 
 
-def scan_raw(chunks: list[bytes], *, normalize: bool = False, max_line: int = 1000) -> tuple[bytes, BodyError | None]:
+def scan_raw(
+    chunks: list[bytes], *, normalize: bool = False, max_line: int = 1000
+) -> tuple[bytes, BodyError | None]:
     out: list[bytes] = []
     scanner = DataScanner(out.append, normalize=normalize, max_line=max_line, max_size=BIG)
     for chunk in chunks:
@@ -196,7 +198,13 @@ CUTS = st.lists(st.integers(min_value=0, max_value=10_000), max_size=8)
 
 
 @settings(max_examples=500)
-@given(data=BYTESOUP, cuts=CUTS, normalize=st.booleans(), max_line=st.integers(3, 40), max_size=st.integers(0, 200))
+@given(
+    data=BYTESOUP,
+    cuts=CUTS,
+    normalize=st.booleans(),
+    max_line=st.integers(3, 40),
+    max_size=st.integers(0, 200),
+)
 @example(data=b"a\r\n.\r\n", cuts=[2], normalize=False, max_line=3, max_size=100)
 def test_any_chunking_gives_the_same_result(
     data: bytes, cuts: list[int], normalize: bool, max_line: int, max_size: int

@@ -53,7 +53,7 @@ def send_message(client: Client, body: bytes = BODY) -> list[bytes]:
     return client.replies()
 
 
-# ----------------------------------------------------------------------------- greeting, EHLO, HELO
+# ------------------------------------------------------------ greeting, EHLO, HELO
 
 
 def test_greeting_and_ehlo_capabilities() -> None:
@@ -114,7 +114,7 @@ def test_ehlo_resets_the_transaction() -> None:
     assert client.codes() == [250, 250, 250, 503]
 
 
-# ----------------------------------------------------------------------------- a transaction
+# ------------------------------------------------------------ a transaction
 
 
 def test_message_is_accepted_with_received_header_and_queue_id(events: list[dict[str, Any]]) -> None:
@@ -130,7 +130,9 @@ def test_message_is_accepted_with_received_header_and_queue_id(events: list[dict
     assert b"Subject:" + rest == BODY
     assert stored.envelope.sender == Mailbox("sender", "client.test")
     assert stored.envelope.recipients == (Mailbox("rcpt", "example.test"),)
-    assert any(stored.queue_id in line and "accepted from=<sender@client.test>" in line for line in lines(events))
+    assert any(
+        stored.queue_id in line and "accepted from=<sender@client.test>" in line for line in lines(events)
+    )
 
 
 def test_two_messages_on_one_connection_and_quit(events: list[dict[str, Any]]) -> None:
@@ -149,7 +151,9 @@ def test_two_messages_on_one_connection_and_quit(events: list[dict[str, Any]]) -
 def test_multiple_recipients_and_null_sender() -> None:
     harness = RelayHarness()
     client = greeted(harness)
-    client.send(b"MAIL FROM:<>\r\nRCPT TO:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<Postmaster>\r\nDATA\r\n")
+    client.send(
+        b"MAIL FROM:<>\r\nRCPT TO:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<Postmaster>\r\nDATA\r\n"
+    )
     assert client.codes() == [250, 250, 250, 250, 354]
     client.send(b"x\r\n.\r\n")
     envelope = harness.sink.messages[0].envelope
@@ -167,7 +171,7 @@ def test_pipelined_transaction_in_one_write() -> None:
     assert harness.sink.committed == 1
 
 
-# ----------------------------------------------------------------------------- sequence errors
+# ------------------------------------------------------------ sequence errors
 
 
 def test_bad_sequences() -> None:
@@ -179,7 +183,10 @@ def test_bad_sequences() -> None:
         b"503 5.5.1 Error: need MAIL command",
     ]
     client.send(HELLO + b"MAIL FROM:<a@b.test>\r\nMAIL FROM:<a@b.test>\r\nDATA\r\n")
-    assert client.replies()[-2:] == [b"503 5.5.1 Error: nested MAIL command", b"554 5.5.1 Error: no valid recipients"]
+    assert client.replies()[-2:] == [
+        b"503 5.5.1 Error: nested MAIL command",
+        b"554 5.5.1 Error: no valid recipients",
+    ]
 
 
 def test_data_with_arguments() -> None:
@@ -210,7 +217,7 @@ def test_lowercase_commands() -> None:
     assert client.codes() == [250, 250, 221]
 
 
-# ----------------------------------------------------------------------------- MAIL and RCPT parameters
+# ------------------------------------------------------------ MAIL and RCPT parameters
 
 
 def test_mail_parameters() -> None:
@@ -245,7 +252,10 @@ def test_body_type_is_recorded() -> None:
 
 def test_bad_addresses() -> None:
     client = greeted()
-    client.send(b"MAIL FROM:<no at sign>\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bad@>\r\nRCPT TO:<c@d.test> NOTIFY=NEVER\r\n")
+    client.send(
+        b"MAIL FROM:<no at sign>\r\nMAIL FROM:<a@b.test>\r\n"
+        b"RCPT TO:<bad@>\r\nRCPT TO:<c@d.test> NOTIFY=NEVER\r\n"
+    )
     assert client.replies() == [
         b"501 5.1.7 Bad sender address syntax",
         b"250 2.1.0 Ok",
@@ -277,7 +287,7 @@ def test_smtputf8() -> None:
     assert client.codes() == [250, 250, 354, 250]
     stored = harness.sink.messages[0]
     assert stored.envelope.smtputf8
-    assert "with UTF8SMTP id".encode() in stored.data
+    assert b"with UTF8SMTP id" in stored.data
     assert "for <ñ@example.test>".encode() in stored.data
 
 
@@ -291,7 +301,7 @@ def test_too_many_recipients() -> None:
     assert len(harness.sink.messages[0].envelope.recipients) == 2
 
 
-# ----------------------------------------------------------------------------- the default relay policy
+# ------------------------------------------------------------ the default relay policy
 
 
 @pytest.mark.parametrize("host", ["192.0.2.7", "10.0.0.1", "2001:db8::1"])
@@ -299,7 +309,9 @@ def test_non_loopback_clients_may_not_relay(host: str, events: list[dict[str, An
     client = greeted(host=host)
     client.send(ENVELOPE)
     assert client.replies() == [b"250 2.1.0 Ok", b"554 5.7.1 Relay access denied"]
-    assert any("554 5.7.1 Relay access denied" in line and "to=<rcpt@example.test>" in line for line in lines(events))
+    assert any(
+        "554 5.7.1 Relay access denied" in line and "to=<rcpt@example.test>" in line for line in lines(events)
+    )
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.42", "::1"])
@@ -309,7 +321,7 @@ def test_loopback_clients_may_relay(host: str) -> None:
     assert client.codes() == [250, 250]
 
 
-# ----------------------------------------------------------------------------- asynchronous policy answers
+# ------------------------------------------------------------ asynchronous policy answers
 
 
 @implementer(ISessionPolicy)
@@ -437,7 +449,7 @@ def test_policy_exception_and_failed_deferred_answer_451(events: list[dict[str, 
     assert len(failures(events)) == 2
 
 
-# ----------------------------------------------------------------------------- DATA: smuggling, long lines, limits
+# ------------------------------------------------------------ DATA: smuggling, long lines, limits
 
 SMUGGLE_PAYLOADS = [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r.\r\n", b"\r\n\x00.\r\n"]
 SECOND = b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@y.test>\r\nDATA\r\nsmuggled\r\n"
@@ -504,7 +516,10 @@ def test_oversize_message_is_read_to_the_end_and_refused() -> None:
 def test_bare_lf_commands_under_reject_and_normalize() -> None:
     client = greeted()
     client.send(b"NOOP\nNOOP\r\n")
-    assert client.replies() == [b"500 5.5.2 Error: bare <LF> received (use CRLF line endings)", b"250 2.0.0 Ok"]
+    assert client.replies() == [
+        b"500 5.5.2 Error: bare <LF> received (use CRLF line endings)",
+        b"250 2.0.0 Ok",
+    ]
     harness = RelayHarness(bare_newline="normalize")
     client = greeted(harness)
     client.send(b"MAIL FROM:<a@b.test>\nRCPT TO:<c@d.test>\nDATA\n.\nx\r\n.\r\n")
@@ -524,7 +539,7 @@ def test_data_split_into_many_reads() -> None:
     assert harness.sink.messages[0].data.endswith(b"a\r\n.b\r\n" * 100)
 
 
-# ----------------------------------------------------------------------------- line limits, errors, foreign protocols
+# ------------------------------------------------------------ line limits, errors, foreign protocols
 
 
 def test_long_command_line_is_refused_and_the_session_goes_on() -> None:
@@ -558,7 +573,10 @@ def test_too_many_errors_close_the_session() -> None:
     client.send(b"BOGUS\r\n" * 25)
     replies = client.replies()
     assert replies[:19] == [b"500 5.5.2 Error: command not recognized"] * 19
-    assert replies[19:] == [b"500 5.5.2 Error: command not recognized", b"421 4.7.0 relay.test Error: too many errors"]
+    assert replies[19:] == [
+        b"500 5.5.2 Error: command not recognized",
+        b"421 4.7.0 relay.test Error: too many errors",
+    ]
     assert client.closed
 
 
@@ -570,7 +588,7 @@ def test_other_protocols_are_cut_off(line: bytes) -> None:
     assert client.closed
 
 
-# ----------------------------------------------------------------------------- timeouts
+# ------------------------------------------------------------ timeouts
 
 
 def test_idle_timeout() -> None:
@@ -619,7 +637,7 @@ def test_no_idle_timeout_while_the_server_is_waiting() -> None:
     assert client.closed
 
 
-# ----------------------------------------------------------------------------- sink failures and internal errors
+# ------------------------------------------------------------ sink failures and internal errors
 
 
 def test_sink_refuses_at_data() -> None:
@@ -627,7 +645,10 @@ def test_sink_refuses_at_data() -> None:
     harness.sink.fail_begin = SinkError(Reply(452, "4.3.1", "Insufficient system storage"))
     client = greeted(harness)
     client.send(ENVELOPE + b"DATA\r\nRCPT TO:<x@y.test>\r\n")
-    assert client.replies()[-2:] == [b"452 4.3.1 Insufficient system storage", b"503 5.5.1 Error: need MAIL command"]
+    assert client.replies()[-2:] == [
+        b"452 4.3.1 Insufficient system storage",
+        b"503 5.5.1 Error: need MAIL command",
+    ]
 
 
 def test_commit_failures(events: list[dict[str, Any]]) -> None:
@@ -683,7 +704,9 @@ def test_exception_in_a_command_handler_answers_451(
     assert failures(events)[0].check(KeyError)
 
 
-def test_exception_in_the_scanner_answers_and_closes(monkeypatch: pytest.MonkeyPatch, events: list[dict[str, Any]]) -> None:
+def test_exception_in_the_scanner_answers_and_closes(
+    monkeypatch: pytest.MonkeyPatch, events: list[dict[str, Any]]
+) -> None:
     client = greeted()
     client.send(ENVELOPE + b"DATA\r\n")
     client.output()
@@ -709,7 +732,7 @@ def test_client_leaving_during_data_aborts_the_message(events: list[dict[str, An
     assert harness.frontend.current == 0
 
 
-# ----------------------------------------------------------------------------- STARTTLS
+# ------------------------------------------------------------ STARTTLS
 
 
 def test_starttls_discards_pipelined_plaintext_and_resets() -> None:
@@ -739,7 +762,11 @@ def test_starttls_errors() -> None:
     assert client.replies() == [b"502 5.5.1 Error: command not implemented"]
     client = greeted(RelayHarness(tls=True), ehlo=False)
     client.send(b"STARTTLS\r\nHELO x\r\nSTARTTLS\r\n")
-    assert client.replies() == [b"503 5.5.1 Error: send EHLO first", b"250 relay.test", b"503 5.5.1 Error: send EHLO first"]
+    assert client.replies() == [
+        b"503 5.5.1 Error: send EHLO first",
+        b"250 relay.test",
+        b"503 5.5.1 Error: send EHLO first",
+    ]
 
 
 def test_starttls_sequence_errors() -> None:
@@ -762,7 +789,7 @@ def test_require_tls() -> None:
     assert client.codes() == [250, 250]
 
 
-# ----------------------------------------------------------------------------- AUTH
+# ------------------------------------------------------------ AUTH
 
 PLAIN_OK = b"AHVzZXIAc2VjcmV0"  # \0user\0secret
 PLAIN_BAD = b"AHVzZXIAd3Jvbmc="  # \0user\0wrong
@@ -860,7 +887,7 @@ def test_starttls_forgets_authentication() -> None:
     assert client.session.state.user is None
 
 
-# ----------------------------------------------------------------------------- BDAT (CHUNKING)
+# ------------------------------------------------------------ BDAT (CHUNKING)
 
 
 def test_bdat_single_and_multiple_chunks() -> None:
@@ -933,7 +960,7 @@ def test_bdat_with_a_pending_policy_check() -> None:
     assert client.codes() == [220, 250, 250, 250, 550, 250]
 
 
-# ----------------------------------------------------------------------------- connection limits, PROXY, back-pressure
+# ------------------------------------------------------------ connection limits, PROXY, back-pressure
 
 
 def test_maxconn_and_maxconn_per_client() -> None:
@@ -1010,4 +1037,25 @@ def test_session_log_line(events: list[dict[str, Any]]) -> None:
     client = greeted(host="192.0.2.9")
     client.send(b"QUIT\r\n")
     client.lose()
-    assert lines(events)[-1].startswith("relay: disconnect from [192.0.2.9]:40000 after 0ms: 2 commands, 0 messages: quit")
+    assert lines(events)[-1].startswith(
+        "relay: disconnect from [192.0.2.9]:40000 after 0ms: 2 commands, 0 messages: quit"
+    )
+
+
+def test_exception_in_the_connect_check_answers_421(events: list[dict[str, Any]]) -> None:
+    client = RelayHarness(RecordingPolicy({"connect": RuntimeError("boom")})).connect()
+    assert client.replies() == [b"421 4.3.0 relay.test Error: internal error"]
+    assert client.closed and failures(events)[0].check(RuntimeError)
+    policy = RecordingPolicy({"connect": fail(ValueError("bad"))}, deferred=True)
+    client = RelayHarness(policy).connect()
+    policy.fire()
+    assert client.replies() == [b"421 4.3.0 relay.test Error: internal error"]
+
+
+def test_exception_at_bdat_start_reads_the_chunk_then_451(events: list[dict[str, Any]]) -> None:
+    harness = RelayHarness()
+    harness.sink.fail_begin = OSError("no spool")
+    client = greeted(harness)
+    client.send(ENVELOPE + b"BDAT 6 LAST\r\nRSET\r\nNOOP\r\n")
+    assert client.replies()[-2:] == [b"451 4.3.0 Error: internal error, try again later", b"250 2.0.0 Ok"]
+    assert failures(events)[0].check(OSError)

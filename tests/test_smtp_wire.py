@@ -144,7 +144,7 @@ def test_address_literals() -> None:
         b"TO:<user@example.com>junk",
         b"TO:<a\x00b@example.com>",
         b"TO:<a\rb@example.com>",
-        b"TO:<\"unterminated@example.com>",
+        b'TO:<"unterminated@example.com>',
     ],
 )
 def test_bad_recipient_syntax(args: bytes) -> None:
@@ -273,3 +273,40 @@ def test_dot_stuffer_is_independent_of_chunking(lines: list[bytes], cuts: list[i
     assert b"".join(out) + stuffer.terminator() == dot_stuff(body)
     expected = b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines)
     assert b"".join(out) == expected
+
+
+@settings(max_examples=500)
+@given(
+    local=st.one_of(dot_strings, atoms, st.text(alphabet="ab.", max_size=6)),
+    domain=st.one_of(domains, st.text(alphabet="a-.", max_size=6)),
+    keyword=st.sampled_from([b"FROM", b"TO", b"from"]),
+    space=st.sampled_from([b"", b" "]),
+    small=st.booleans(),
+)
+def test_fast_path_agrees_with_the_full_grammar(
+    local: str, domain: str, keyword: bytes, space: bytes, small: bool
+) -> None:
+    from relaybal.smtp import wire
+
+    args = keyword + b":" + space + f"<{local}@{domain}>".encode()
+    limits = Limits(path=256, local_part=8, domain=12) if small else Limits()
+    outcomes = []
+    for parse in (
+        lambda: wire.parse_path_and_params(
+            args, keyword.upper(), limits=limits, null_allowed=True, sender=True
+        ),
+        lambda: wire._parse_path_and_params(
+            args,
+            keyword.upper(),
+            limits=limits,
+            smtputf8_allowed=True,
+            null_allowed=True,
+            postmaster_allowed=False,
+            sender=True,
+        ),
+    ):
+        try:
+            outcomes.append(parse())
+        except CommandError as e:
+            outcomes.append(e.reply)
+    assert outcomes[0] == outcomes[1]

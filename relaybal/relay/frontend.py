@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
-from twisted.internet.ssl import Certificate, CertificateOptions, KeyPair, TLSVersion
+from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -70,23 +72,25 @@ def load_tls(config: TLSServerConfig) -> CertificateOptions:
             key_pem = f.read()
     except OSError as e:
         raise RelaySetupError(f"cannot read {e.filename}: {e.strerror}") from None
-    marker = b"-----BEGIN CERTIFICATE-----"
-    blocks = [marker + part for part in chain_pem.split(marker)[1:]]
-    if not blocks:
-        raise RelaySetupError(f"{config.certificate}: no PEM certificate in it")
     try:
-        certificates = [Certificate.loadPEM(block) for block in blocks]
-        key = KeyPair.load(key_pem, 1)  # 1: FILETYPE_PEM
-    except Exception as e:
+        certificates = x509.load_pem_x509_certificates(chain_pem)
+    except ValueError:
+        raise RelaySetupError(f"{config.certificate}: no PEM certificate in it") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as e:
         raise RelaySetupError(f"cannot load the certificate or key: {e}") from None
     minimum = TLSVersion.TLSv1_3 if config.min_version == "TLSv1.3" else TLSVersion.TLSv1_2
     try:
-        return CertificateOptions(
-            privateKey=key.original,
-            certificate=certificates[0].original,
-            extraCertChain=[c.original for c in certificates[1:]],
+        # cryptography objects, which pyOpenSSL prefers to its own (deprecated) ones.
+        options = CertificateOptions(
+            privateKey=key,  # type: ignore[arg-type]
+            certificate=certificates[0],  # type: ignore[arg-type]
+            extraCertChain=certificates[1:],  # type: ignore[arg-type]
             raiseMinimumTo=minimum,
         )
+        options.getContext()  # builds the OpenSSL context now: a key that does not fit fails here
+        return options
     except Exception as e:
         raise RelaySetupError(f"the certificate and key do not fit together: {e}") from None
 
@@ -183,8 +187,8 @@ def build_relay_frontend(
 ) -> RelayFrontend:
     """A :class:`RelayFrontend` for ``config``: certificate and users file loaded.
 
-    Without ``sink`` the messages go to an in-memory sink that keeps the last
-    100 (the spool does not exist yet). Raises :class:`RelaySetupError` with
+    Without ``sink`` the messages go to an in-memory sink that counts them and
+    keeps nothing (the spool does not exist yet). Raises :class:`RelaySetupError` with
     the dotted key of the problem.
     """
     tls_options = None
@@ -207,7 +211,7 @@ def build_relay_frontend(
 
         portal = auth.make_portal(users, run)
     if sink is None:
-        sink = MemoryMessageSink(reactor.seconds, keep=100)
+        sink = MemoryMessageSink(reactor.seconds, keep=0)
     return RelayFrontend(
         config, backend, reactor, sink=sink, policy=policy, tls_options=tls_options, portal=portal,
         auth_pool=pool,

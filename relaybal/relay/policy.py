@@ -6,6 +6,7 @@ The policy chain (``policies = [...]``) will replace this; the seam is
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 
@@ -17,6 +18,7 @@ from relaybal.smtp.wire import Mailbox, Reply
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 
 
+@functools.lru_cache(maxsize=4096)
 def is_local_client(host: str | None) -> bool:
     """Loopback addresses, and clients without an IP address (a UNIX socket), are local."""
     if host is None:

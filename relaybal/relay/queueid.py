@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # no vowels: IDs never spell words
-
 
 class QueueIdGenerator:
-    """Makes IDs like ``4ZQ7KXB2M1``: microseconds since the epoch, strictly increasing.
+    """Makes IDs like ``5F6A1B2C3D4E5``: microseconds since the epoch in hex, strictly increasing.
 
     ``clock`` returns seconds (an ``IReactorTime.seconds``). Two IDs from one
-    generator are always different and sort in the order they were made,
-    even when the clock stands still or steps back.
+    generator are always different and sort in the order they were made (as
+    strings of equal length, until the year 4253), even when the clock stands
+    still or steps back.
     """
 
     def __init__(self, clock: Callable[[], float]) -> None:
@@ -20,11 +19,8 @@ class QueueIdGenerator:
         self._last = 0
 
     def next(self) -> str:
-        value = max(int(self.clock() * 1_000_000), self._last + 1)
+        value = int(self.clock() * 1_000_000)
+        if value <= self._last:
+            value = self._last + 1
         self._last = value
-        base = len(_ALPHABET)
-        out = []
-        while value:
-            value, digit = divmod(value, base)
-            out.append(_ALPHABET[digit])
-        return "".join(reversed(out)) or "0"
+        return f"{value:X}"

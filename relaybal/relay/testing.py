@@ -186,4 +186,53 @@ def _run_now(check: Any) -> Deferred[Any]:
         return fail(e)
 
 
-__all__ = ["Client", "FakeTLSConnection", "RelayHarness", "TLSStringTransport", "relay_config_dict"]
+def write_self_signed(directory: str, hostname: str = "relay.test") -> tuple[str, str]:
+    """Write a fresh self-signed certificate and its key (PEM) into ``directory``.
+
+    Returns ``(certificate path, key path)``; for tests, never for production.
+    """
+    import datetime
+    import os
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = os.path.join(directory, "cert.pem")
+    key_path = os.path.join(directory, "key.pem")
+    with open(cert_path, "wb") as f:
+        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return cert_path, key_path
+
+
+__all__ = [
+    "Client",
+    "FakeTLSConnection",
+    "RelayHarness",
+    "TLSStringTransport",
+    "relay_config_dict",
+    "write_self_signed",
+]

@@ -186,6 +186,7 @@ class ESMTPServer(Protocol):
         self._pos = 0
         self._running = False
         self._closing = False
+        self._greeting_due = False
         self._tls_fresh = False
         self._waiting = False
         self._pauses: set[str] = set()
@@ -210,6 +211,13 @@ class ESMTPServer(Protocol):
     # ------------------------------------------------------------------ connection
 
     def connectionMade(self) -> None:
+        try:
+            self._connected()
+        except Exception:
+            self._internal_error(Failure())
+        self._flush()
+
+    def _connected(self) -> None:
         transport = self.transport
         assert transport is not None
         self.accepted = self.last_activity = self._seconds()
@@ -231,7 +239,6 @@ class ESMTPServer(Protocol):
         ):
             return  # mode PROXY: the header comes first, then the greeting
         self._client_known()
-        self._flush()
 
     def _client_known(self) -> None:
         s = self.settings
@@ -245,9 +252,11 @@ class ESMTPServer(Protocol):
                 return
             self.counted_client = client[0]
         self.mode = COMMAND
+        self._greeting_due = True
         self._ask(self.policy.connect(self.state), self._greet)
 
     def _greet(self, answer: Reply | None) -> None:
+        self._greeting_due = False
         if answer is not None and not answer.positive:
             self._refuse(answer.encode(), "refused at connect")
             return
@@ -556,7 +565,16 @@ class ESMTPServer(Protocol):
         )
         if self.mode == CLOSED:
             return
-        if self.mode in (DATA, BDAT) and self._scanner is not None and not self._scanner.done:
+        if self.mode == PROXY or (self.mode == COMMAND and self._greeting_due):
+            self._refuse(reply(421, "4.3.0", f"{self.settings.hostname} Error: internal error"), "internal error")
+            return
+        if self.mode == BDAT:
+            # The chunk's length is known: read its octets, then answer.
+            self._abort_message()
+            self.state.reset_transaction()
+            self._bdat_reply = INTERNAL_ERROR
+            return
+        if self.mode == DATA and self._scanner is not None and not self._scanner.done:
             # The body cannot be followed reliably any more: answer and close.
             self._abort_message()
             self._send(INTERNAL_ERROR.encode())
@@ -564,10 +582,6 @@ class ESMTPServer(Protocol):
             return
         self._abort_message()
         self.state.reset_transaction()
-        if self.mode == BDAT:
-            # The chunk's octets are still to come: read them, then answer.
-            self._bdat_reply = INTERNAL_ERROR
-            return
         if self.mode in (AUTH, DATA):
             self.mode = COMMAND
         self._send(INTERNAL_ERROR.encode())

@@ -105,7 +105,12 @@ def recover(directory: str, *, repair: bool = True, disk: Disk | None = None) ->
                     _replay(live, seq, record)
                 except fmt.FormatError as e:
                     bad_records += 1
-                    log.error("spool: segment {seq} offset {offset}: {error}", seq=seq, offset=record.offset, error=e)
+                    log.error(
+                        "spool: segment {seq} offset {offset}: {error}",
+                        seq=seq,
+                        offset=record.offset,
+                        error=e,
+                    )
             if scan.stopped is not None:
                 torn.append((seq, scan.valid_end, scan.stopped))
     damaged: list[str] = []

@@ -51,12 +51,14 @@ class Address:
 class GlobalConfig:
     state_dir: str = "/var/lib/relaybal"
     hostname: str = attrs.field(factory=socket.getfqdn)
+    drain_timeout: float = 30.0
 
 
 @attrs.frozen
 class AdminConfig:
     socket: str | None = None
     http: str | None = None
+    http_users: str | None = None
 
 
 @attrs.frozen
@@ -466,13 +468,20 @@ def _read_global(r: _Reader) -> GlobalConfig:
     g = GlobalConfig(
         state_dir=r.get("state_dir", path_text, d.state_dir),
         hostname=r.get("hostname", hostname, "") or socket.getfqdn(),
+        drain_timeout=r.get("drain_timeout", duration, d.drain_timeout),
     )
     r.finish()
     return g
 
 
 def _read_admin(r: _Reader) -> AdminConfig:
-    a = AdminConfig(socket=r.get("socket", path_text, None), http=r.get("http", endpoint, None))
+    a = AdminConfig(
+        socket=r.get("socket", path_text, None),
+        http=r.get("http", endpoint, None),
+        http_users=r.get("http_users", path_text, None),
+    )
+    if a.http_users is not None and a.http is None:
+        r.error("http_users", "needs http (the users file protects the stats page)")
     r.finish()
     return a
 

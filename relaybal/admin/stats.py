@@ -91,6 +91,15 @@ class ProcessView:
     pid: int = attrs.field(factory=os.getpid)
     version: str = __version__
     started: float = -1.0
+    stopping: bool = False
+    """The process is draining before it exits (SIGTERM): listeners are closed."""
+    reloads: int = 0
+    """Configuration reloads applied (SIGHUP, ``reload``)."""
+    reload_failures: int = 0
+    """Reloads refused (an invalid configuration, a listener that could not open)."""
+    last_reload: float = 0.0
+    """When the last reload was tried (0: never)."""
+    last_reload_ok: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.started < 0:
@@ -148,7 +157,7 @@ def show_info(view: ProcessView) -> list[str]:
         ("Maxconn", sum(_frontend_maxconn(f) for f in frontends)),
         ("CurrConns", sum(_figure(f, "current") for f in frontends)),
         ("CumConns", sum(_figure(f, "total") for f in frontends)),
-        ("Stopping", 0),
+        ("Stopping", int(view.stopping)),
         ("Listeners", sum(len(getattr(f, "ports", ())) for f in frontends)),
         ("node", view.hostname),
         ("Start_time_sec", int(view.started)),
@@ -216,6 +225,11 @@ def _server_stats(server: Server, iid: int, now: float) -> dict[str, object]:
         "mode": "tcp",
         "connect": server.total,
         "uweight": server.weight,
+        # Not HAProxy columns (show stat leaves them out); the stats page and metrics use them.
+        "admin_state": server.admin_state,
+        "up": server.up,
+        "cert_days": server.cert_days,
+        "last_change": server.last_change,
     }
     if server.ramping and server.weight:
         values["throttle"] = int(100 * server.effective_weight / server.weight)
@@ -238,8 +252,12 @@ def _server_stats(server: Server, iid: int, now: float) -> dict[str, object]:
     return values
 
 
-def _backend_stats(backend: Backend, iid: int, now: float) -> dict[str, object]:
+def _backend_stats(
+    backend: Backend, iid: int, now: float, frontends: Iterable[Any] = ()
+) -> dict[str, object]:
     servers = backend.servers
+    # Retries and redispatches are counted by the frontends that use this backend.
+    users = [f for f in frontends if getattr(f, "backend", None) is backend]
     usable_active = [s for s in backend.active if s.usable]
     usable_backup = [s for s in backend.backups if s.usable]
     serving = usable_active or usable_backup
@@ -252,6 +270,8 @@ def _backend_stats(backend: Backend, iid: int, now: float) -> dict[str, object]:
         "bin": sum(s.bytes_in for s in servers),
         "bout": sum(s.bytes_out for s in servers),
         "econ": sum(s.failures for s in servers),
+        "wretr": sum(_figure(f, "retries") for f in users),
+        "wredis": sum(_figure(f, "redispatches") for f in users),
         "status": "UP" if backend.available else "DOWN",
         "weight": sum(s.effective_weight for s in serving),
         "act": len(usable_active),
@@ -268,10 +288,13 @@ def _backend_stats(backend: Backend, iid: int, now: float) -> dict[str, object]:
         "algo": backend.config.balance,
         "connect": sum(s.total for s in servers),
         "uweight": sum(s.weight for s in serving),
+        "queued_total": backend.queued_total,
+        "last_change": backend.last_change,
     }
 
 
-def _frontend_stats(name: str, frontend: Any, iid: int) -> dict[str, object]:
+def _frontend_stats(name: str, frontend: Any, iid: int, stopping: bool = False) -> dict[str, object]:
+    config = getattr(frontend, "config", None)
     return {
         "pxname": name,
         "svname": "FRONTEND",
@@ -282,13 +305,19 @@ def _frontend_stats(name: str, frontend: Any, iid: int) -> dict[str, object]:
         "bin": _figure(frontend, "bytes_in"),
         "bout": _figure(frontend, "bytes_out"),
         "ereq": _figure(frontend, "errors"),
-        "status": "OPEN",
+        "status": "STOP" if stopping else "OPEN",
         "pid": 1,
         "iid": iid,
         "sid": 0,
         "type": 0,
         "mode": "tcp",
         "conn_tot": _figure(frontend, "total"),
+        # Not HAProxy columns: for the stats page and metrics.
+        "proxy_mode": getattr(config, "mode", ""),
+        "no_server": _figure(frontend, "no_server"),
+        "retries": _figure(frontend, "retries"),
+        "redispatches": _figure(frontend, "redispatches"),
+        "messages": _figure(frontend, "messages"),
     }
 
 
@@ -307,24 +336,39 @@ def show_stat(
     (ORed :data:`STAT_FRONTEND`, :data:`STAT_BACKEND`, :data:`STAT_SERVER`),
     ``sid`` to one server.
     """
-    now = view.clock.seconds()
     lines = ["# " + ",".join(STAT_COLUMNS) + ","]
+    lines.extend(_row(record) for record in stat_records(view, proxy, types, sid))
+    return lines
+
+
+def stat_records(
+    view: ProcessView, proxy: int | None = None, types: int = 7, sid: int | None = None
+) -> list[dict[str, object]]:
+    """The records ``show stat`` prints (same arguments), as dicts keyed by column name.
+
+    Besides HAProxy's columns a record may carry figures ``show stat`` leaves
+    out (the stats page and ``/metrics`` read them): servers ``admin_state``,
+    ``up``, ``cert_days``, ``last_change``; backends ``queued_total``,
+    ``last_change``; frontends ``proxy_mode``, ``no_server``, ``retries``,
+    ``redispatches``, ``messages``. Frontends come first, then each
+    backend's servers followed by the backend itself.
+    """
+    now = view.clock.seconds()
+    records: list[dict[str, object]] = []
     for name, iid in view.frontend_ids().items():
         if (proxy is None or proxy == iid) and types & STAT_FRONTEND:
-            lines.append(_row(_frontend_stats(name, view.frontends[name], iid)))
+            records.append(_frontend_stats(name, view.frontends[name], iid, view.stopping))
     for name, iid in view.backend_ids().items():
         if proxy is not None and proxy != iid:
             continue
         backend = view.backends[name]
         if types & STAT_SERVER:
-            lines.extend(
-                _row(_server_stats(s, iid, now))
-                for s in backend.servers
-                if sid is None or s.sid == sid
+            records.extend(
+                _server_stats(s, iid, now) for s in backend.servers if sid is None or s.sid == sid
             )
         if types & STAT_BACKEND:
-            lines.append(_row(_backend_stats(backend, iid, now)))
-    return lines
+            records.append(_backend_stats(backend, iid, now, view.frontends.values()))
+    return records
 
 
 # --------------------------------------------------------------------------- servers state

@@ -334,6 +334,56 @@ class Server:
             return self.downtime
         return self.downtime + self.clock.seconds() - self.down_since
 
+    # -- configuration reload
+
+    def reconfigure(self, config: ServerConfig, check: CheckConfig | None) -> None:
+        """Take a reloaded configuration of this server (same name and address).
+
+        Counters, health and the units in flight are kept. A weight or
+        administrative state that the new configuration changes is applied
+        through :meth:`set_weight`/:meth:`set_admin_state` (so it is logged
+        like a runtime change); one the configuration leaves as it was keeps
+        its runtime value. New ``rise``/``fall`` keep the server UP or DOWN
+        (a fully healthy server stays fully healthy); a check added to a
+        server starts its health as at start-up; a check removed brings a
+        server that was down (outside maintenance) back up.
+        """
+        previous = self.config
+        self.config = config
+        if config.weight != previous.weight:
+            self.set_weight(config.weight)
+        if config.state != previous.state:
+            self.set_admin_state(config.state)
+            self.admin_from_config = config.state != READY
+        if check == self.check:
+            return
+        self.check = check
+        self.consecutive_failures = self.passive_debt = 0
+        if check is None:
+            self.health = None
+            self.observe = False
+            self.last_check = None
+            self.cert_days = None
+            if not self.up and self.admin_state != MAINT:
+                self._set_up(True)
+                self._emit(ServerEvent("up", reason="health checks removed by a configuration reload"))
+            return
+        self.observe = check.observe
+        old = self.health
+        if old is None:
+            self.health = HealthCounter.starting(check.rise, check.fall)
+        elif (old.rise, old.fall) != (check.rise, check.fall):
+            counter = HealthCounter(
+                rise=check.rise,
+                fall=check.fall,
+                up=old.up,
+                failed_checks=old.failed_checks,
+                down_transitions=old.down_transitions,
+            )
+            if old.up:
+                counter.health = counter.maximum if old.fully_up else check.rise
+            self.health = counter
+
     def _emit(self, event: ServerEvent) -> None:
         if self.on_change is not None:
             self.on_change(self, event)
@@ -621,3 +671,70 @@ class Backend:
             if call.active():
                 call.cancel()
         self._ramps.clear()
+
+    # -- configuration reload
+
+    def reconfigure(self, config: BackendConfig) -> None:
+        """Apply a reloaded configuration of this backend without disturbing units in flight.
+
+        Servers are matched by name: one whose address is unchanged is kept
+        (counters, health, units in flight) and takes its new settings (see
+        :meth:`Server.reconfigure`); one that is new, or whose address changed,
+        starts as at start-up; one no longer configured leaves the backend,
+        and the units in flight on it finish there (they no longer count
+        towards this backend). Servers are renumbered in the new order. A
+        changed ``balance`` starts its algorithm afresh and a changed
+        ``stick`` table starts empty; timeouts and the other settings apply
+        to the next unit, and to the idle checks of the ones in flight.
+        """
+        previous = self.config
+        self.config = config
+        servers: list[Server] = []
+        for server_config in config.servers:
+            server = self._by_name.get(server_config.name)
+            if server is not None and server.config.address == server_config.address:
+                server.reconfigure(server_config, config.check)
+            else:
+                server = Server(server_config, self.clock, check=config.check)
+                server.backend_name = self.name
+                server.on_change = self._server_changed
+                log.info(
+                    "Server {backend}/{server} added by a configuration reload.",
+                    backend=self.name,
+                    server=server.name,
+                    change="added",
+                )
+            servers.append(server)
+        for server in self.servers:
+            if server in servers:
+                continue
+            server.on_release = None
+            server.on_change = None
+            ramp = self._ramps.pop(server, None)
+            if ramp is not None and ramp.active():
+                ramp.cancel()
+            log.info(
+                "Server {backend}/{server} removed by a configuration reload; "
+                "{load} sessions active finish on it.",
+                backend=self.name,
+                server=server.name,
+                load=server.load,
+                change="removed",
+            )
+        for index, server in enumerate(servers, start=1):
+            server.sid = index
+            server.on_release = self._wake_one
+        # The algorithms hold these very lists: update them in place.
+        self.servers[:] = servers
+        self.active[:] = [s for s in servers if not s.backup]
+        self.backups[:] = [s for s in servers if s.backup]
+        self._by_name = {s.name: s for s in servers}
+        if config.balance != previous.balance:
+            self._algorithm = make_algorithm(config.balance, self.active, self.rng)
+            self._backup_algorithm = make_algorithm(config.balance, self.backups, self.rng)
+        if config.stick != previous.stick:
+            self.stick = (
+                StickTable(config.stick.size, config.stick.expire) if config.stick is not None else None
+            )
+        self.servers_changed()
+        self._update_availability()

@@ -566,7 +566,9 @@ class ESMTPServer(Protocol):
         if self.mode == CLOSED:
             return
         if self.mode == PROXY or (self.mode == COMMAND and self._greeting_due):
-            self._refuse(reply(421, "4.3.0", f"{self.settings.hostname} Error: internal error"), "internal error")
+            self._refuse(
+                reply(421, "4.3.0", f"{self.settings.hostname} Error: internal error"), "internal error"
+            )
             return
         if self.mode == BDAT:
             # The chunk's length is known: read its octets, then answer.

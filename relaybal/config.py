@@ -540,8 +540,9 @@ def _read_frontend(name: str, r: _Reader, global_: GlobalConfig) -> FrontendConf
     for key in ("timeout_client", "timeout_data", "proxy_timeout"):
         if r.has(key) and kw[key] <= 0:
             r.error(key, "must be greater than zero")
-    if not 1000 <= kw["max_line_length"] <= 64 * 1024 * 1024:
-        r.error("max_line_length", "must be 1000 (RFC 5321's minimum) to 64M")
+    # The DATA scanner holds at most one partial line; past 1M that stops being cheap.
+    if not 1000 <= kw["max_line_length"] <= 1024 * 1024:
+        r.error("max_line_length", "must be 1000 (RFC 5321's minimum) to 1M")
         kw["max_line_length"] = d.max_line_length
     tls = r.table("tls")
     if tls is not None and tls.ok:

@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import random
+import signal
 import sys
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from relaybal.admin.commands import RuntimeCommands
+from relaybal.admin.history import TrafficHistory
+from relaybal.admin.metrics import MetricsResource, make_registry
 from relaybal.admin.runtime import AdminSocketError, RuntimeFactory, listen_admin_socket
 from relaybal.admin.stats import ProcessView
+from relaybal.admin.web import AdminSite, admin_resource, with_basic_auth
 from relaybal.balance.backend import Backend
-from relaybal.config import Config
+from relaybal.config import AdminConfig, Config, FrontendConfig
+from relaybal.drain import Drainer, open_sessions
 from relaybal.health.checks import HealthMonitor
 from relaybal.relay.frontend import RelayFrontend, RelaySetupError, build_relay_frontend
+from relaybal.smtp.auth import UsersFile, UsersFileError
 from relaybal.splice.frontend import SpliceFrontend
 
 log = Logger(namespace="relaybal")
@@ -29,42 +40,114 @@ class ListenError(Exception):
     """A configured endpoint could not be listened on."""
 
 
-class RelaybalService(MultiService):
-    """Owns the backends and frontends of one configuration and their listeners."""
+class AdminSetupError(Exception):
+    """The stats page cannot be set up (an unreadable users file)."""
 
-    def __init__(self, config: Config, reactor: Any, rng: random.Random | None = None) -> None:
+
+class RelaybalService(MultiService):
+    """Owns the backends and frontends of one configuration and their listeners.
+
+    With ``handle_signals`` (the daemon), once the reactor runs, ``SIGHUP``
+    reloads the configuration (:meth:`reload`) and ``SIGTERM`` drains
+    (:meth:`terminate`): listeners close, open sessions finish (up to
+    ``global.drain_timeout``), and the process exits with status 0.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        rng: random.Random | None = None,
+        *,
+        handle_signals: bool = True,
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
         self.reactor = reactor
-        rng = rng if rng is not None else random.Random()
-        self.backends = {name: Backend(bc, reactor, rng) for name, bc in config.backends.items()}
+        self.rng = rng if rng is not None else random.Random()
+        self.handle_signals = handle_signals
+        self.backends = {name: Backend(bc, reactor, self.rng) for name, bc in config.backends.items()}
         self.frontends: dict[str, SpliceFrontend | RelayFrontend] = {}
         for name, fc in config.frontends.items():
-            if fc.mode == "splice":
-                self.frontends[name] = SpliceFrontend(
-                    fc, self.backends[fc.backend], reactor, config.global_.hostname
+            try:
+                self.frontends[name] = self.make_frontend(
+                    fc, self.backends[fc.backend], config.global_.hostname
                 )
-            else:
-                try:
-                    self.frontends[name] = build_relay_frontend(fc, self.backends[fc.backend], reactor)
-                except RelaySetupError as e:
-                    print(f"relaybal: {e}", file=sys.stderr)
-                    raise SystemExit(1) from None
-                log.warn(
-                    "frontend {name}: relay mode has no spool or delivery yet: accepted messages "
-                    "are counted and discarded, not delivered{policies}",
-                    name=name,
-                    policies="; policies are not applied yet (only loopback clients may relay)"
-                    if fc.policies
-                    else "",
-                )
+            except RelaySetupError as e:
+                print(f"relaybal: {e}", file=sys.stderr)
+                raise SystemExit(1) from None
         self.ports: list[IListeningPort] = []
+        self.admin_ports: dict[str, IListeningPort] = {}
+        """The runtime API socket (``socket``) and the stats page (``http``) listeners."""
         self._listening = False
-        # Health checks and the runtime API (the view reads self.frontends at each command).
-        self.health = HealthMonitor(self.backends.values(), reactor)
+        # Health checks (one monitor per backend, so a reload restarts only the changed ones)
+        # and the runtime API (the view reads self.frontends at each command).
+        self.health = {name: HealthMonitor([b], reactor) for name, b in self.backends.items()}
         self.runtime = ProcessView(
             self.backends, self.frontends, reactor, hostname=config.global_.hostname
         )
+        # The stats page: traffic history, Prometheus registry (other parts may register
+        # collectors of their own in self.metrics), and the site itself.
+        self.history = TrafficHistory(self.backends, reactor)
+        self.metrics = make_registry(self.runtime)
+        self.admin_auth_pool = ThreadPool(minthreads=0, maxthreads=1, name="relaybal-admin-auth")
+        try:
+            self.web: AdminSite | None = self.make_admin_site(config.admin)
+        except AdminSetupError as e:
+            print(f"relaybal: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+        # Draining (SIGTERM): things to wait for besides open sessions (the relay spool
+        # adds its flush here).
+        self.drain_waits: list[Callable[[], Deferred[None] | None]] = []
+        self.drainer: Drainer | None = None
+        self._drained: Deferred[bool] | None = None
+
+    def make_frontend(
+        self, fc: FrontendConfig, backend: Backend, hostname: str
+    ) -> SpliceFrontend | RelayFrontend:
+        """The frontend object for ``fc`` (at start-up and when a reload changes it).
+
+        Raises :class:`RelaySetupError` when a relay frontend's certificate or
+        users file cannot be loaded.
+        """
+        if fc.mode == "splice":
+            return SpliceFrontend(fc, backend, self.reactor, hostname)
+        frontend = build_relay_frontend(fc, backend, self.reactor)
+        log.warn(
+            "frontend {name}: relay mode has no spool or delivery yet: accepted messages "
+            "are counted and discarded, not delivered{policies}",
+            name=fc.name,
+            policies="; policies are not applied yet (only loopback clients may relay)"
+            if fc.policies
+            else "",
+        )
+        return frontend
+
+    def make_admin_site(self, admin: AdminConfig) -> AdminSite | None:
+        """The stats page's site for ``admin`` (None without ``http``); reads the users file.
+
+        Raises :class:`AdminSetupError` when the users file cannot be read.
+        """
+        if admin.http is None:
+            return None
+        resource: Any = admin_resource(self.runtime, self.history, MetricsResource(self.metrics))
+        if admin.http_users is not None:
+            try:
+                users = UsersFile(admin.http_users)
+            except UsersFileError as e:
+                raise AdminSetupError(f"admin.http_users: {e}") from None
+            pool = self.admin_auth_pool
+
+            def run(check: Callable[[], bool]) -> Deferred[bool]:
+                return deferToThreadPool(self.reactor, pool, check)
+
+            resource = with_basic_auth(resource, users, run)
+        site = AdminSite(resource, timeout=60)  # type: ignore[no-untyped-call]
+        return site
+
+    def runtime_factory(self) -> RuntimeFactory:
+        """A factory for the runtime API socket (its ``reload`` command reloads this service)."""
+        return RuntimeFactory(RuntimeCommands(self.runtime, reload=self._reload_for_cli), self.reactor)
 
     def privilegedStartService(self) -> None:
         # Listening happens here, before twistd drops privileges (port 25 needs root).
@@ -80,18 +163,28 @@ class RelaybalService(MultiService):
         for name, frontend in self.frontends.items():
             for ep in frontend.config.listen:
                 try:
-                    port = self._listen(ep, frontend)
+                    port = self.listen(ep, frontend)
                 except ListenError as e:
                     problems.append(f"frontend.{name}.listen: cannot listen on {ep!r}: {e}")
                     continue
                 frontend.ports.append(port)
                 self.ports.append(port)
         if self.config.admin.socket:
-            factory = RuntimeFactory(RuntimeCommands(self.runtime), self.reactor)
             try:
-                self.ports.append(listen_admin_socket(self.reactor, self.config.admin.socket, factory))
+                port = listen_admin_socket(self.reactor, self.config.admin.socket, self.runtime_factory())
             except AdminSocketError as e:
                 problems.append(f"admin.socket: {e}")
+            else:
+                self.admin_ports["socket"] = port
+                self.ports.append(port)
+        if self.web is not None and self.config.admin.http:
+            try:
+                port = self.listen(self.config.admin.http, self.web)
+            except ListenError as e:
+                problems.append(f"admin.http: cannot listen on {self.config.admin.http!r}: {e}")
+            else:
+                self.admin_ports["http"] = port
+                self.ports.append(port)
         if problems:
             for p in problems:
                 print(f"relaybal: {p}", file=sys.stderr)
@@ -99,7 +192,8 @@ class RelaybalService(MultiService):
                 port.stopListening()
             raise SystemExit(1)
 
-    def _listen(self, ep: str, factory: Any) -> IListeningPort:
+    def listen(self, ep: str, factory: Any) -> IListeningPort:
+        """Listen on endpoint ``ep`` now; :class:`ListenError` says why not."""
         try:
             d: Deferred[IListeningPort] = endpoints.serverFromString(self.reactor, ep).listen(factory)
         except Exception as e:  # e.g. a systemd index that was not handed over
@@ -115,7 +209,11 @@ class RelaybalService(MultiService):
     def startService(self) -> None:
         self._open_listeners()  # `twist` never calls privilegedStartService
         super().startService()  # type: ignore[no-untyped-call]
-        self.health.start()
+        for monitor in self.health.values():
+            monitor.start()
+        self.history.start()
+        if not self.admin_auth_pool.started:
+            self.admin_auth_pool.start()
         for name, frontend in self.frontends.items():
             log.info(
                 "frontend {name} ({mode}) listening on {where} → backend {backend}",
@@ -128,17 +226,135 @@ class RelaybalService(MultiService):
         self.reactor.addSystemEventTrigger("after", "startup", self._ready)
 
     def _ready(self) -> None:
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            # Twisted installed its own handlers during start-up; these replace two of them.
+            signal.signal(signal.SIGHUP, self._on_sighup)
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        if self.config.admin.http:
+            log.info("stats page, /stats.json and /metrics on {where}", where=self.config.admin.http)
         log.info(
             "relaybal ready: {frontends} frontends, {backends} backends",
             frontends=len(self.frontends),
             backends=len(self.backends),
         )
 
+    # -- reload (SIGHUP, runtime API ``reload``)
+
+    def reload(self, path: str | None = None) -> list[str]:
+        """Re-read the configuration (``path``, default the running one's file) and apply it.
+
+        Returns lines describing what changed; raises
+        :class:`~relaybal.reload.ReloadRefused` (with every problem) and
+        leaves the running configuration untouched when the new one is
+        invalid or cannot be applied. See :mod:`relaybal.reload`.
+        """
+        from relaybal.reload import reload_service
+
+        return reload_service(self, path)
+
+    def _reload_for_cli(self) -> tuple[bool, Sequence[str]]:
+        from relaybal.reload import ReloadRefused
+
+        try:
+            return True, self.reload()
+        except ReloadRefused as e:
+            return False, e.lines
+
+    def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
+        self.reactor.callFromThread(self._reload_logged)
+
+    def _reload_logged(self) -> None:
+        log.info("SIGHUP: reloading {path}", path=self.config.source)
+        self._reload_for_cli()  # reload_service logs the outcome either way
+
+    # -- draining (SIGTERM)
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        self.reactor.callFromThread(self.terminate)
+
+    def terminate(self) -> None:
+        """Drain, then stop the reactor (so twistd exits with status 0); a second call stops now."""
+        if self.drainer is not None:
+            log.warn(
+                "SIGTERM again: stopping now with {count} sessions open",
+                count=open_sessions(self.frontends),
+            )
+            self.drainer.cancel()
+            return
+        d = self.drain()
+        d.addErrback(lambda f: log.failure("draining failed", f))
+        d.addBoth(lambda _: self._stop_reactor())
+
+    def _stop_reactor(self) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def drain(self) -> Deferred[bool]:
+        """Stop accepting and wait for open sessions to finish, up to ``global.drain_timeout``.
+
+        Frontend listeners close (a frontend with a ``begin_drain()`` method
+        is asked to drain itself instead, and keeps its listeners); the
+        runtime API socket and the stats page stay open so the drain can be
+        watched. Fires with True when everything finished in time.
+        """
+        if self._drained is not None:
+            return _fork(self._drained)
+        self.runtime.stopping = True
+        for frontend in self.frontends.values():
+            begin_drain = getattr(frontend, "begin_drain", None)
+            if callable(begin_drain):
+                begin_drain()
+                continue
+            for port in frontend.ports:
+                port.stopListening()
+                if port in self.ports:
+                    self.ports.remove(port)
+            frontend.ports.clear()
+        timeout = self.config.global_.drain_timeout
+        log.info(
+            "draining: listeners closed, {count} sessions open; exiting when they finish "
+            "or in {timeout:g}s",
+            count=open_sessions(self.frontends),
+            timeout=timeout,
+        )
+        self.drainer = Drainer(self.frontends, self.reactor, timeout, self.drain_waits)
+
+        def report(drained: bool) -> bool:
+            if drained:
+                log.info("drained: every session finished")
+            else:
+                log.warn(
+                    "drain timeout: closing {count} sessions still open",
+                    count=open_sessions(self.frontends),
+                )
+            return drained
+
+        self._drained = self.drainer.start().addCallback(report)
+        return _fork(self._drained)
+
     def stopService(self) -> Deferred[None] | None:
-        self.health.stop()
+        for monitor in self.health.values():
+            monitor.stop()
+        self.history.stop()
+        if self.drainer is not None:
+            self.drainer.cancel()
+        if self.admin_auth_pool.started:
+            self.admin_auth_pool.stop()
         closing = [port.stopListening() for port in self.ports]
         self.ports.clear()
         stopped = super().stopService()  # type: ignore[no-untyped-call]
         # Wait for the listeners to close: a UNIX socket's file is removed only then.
         waits = [d for d in (*closing, stopped) if isinstance(d, Deferred)]
         return gatherResults(waits).addCallback(lambda _: None)
+
+
+def _fork(d: Deferred[bool]) -> Deferred[bool]:
+    """A new Deferred with ``d``'s result, leaving ``d``'s own chain as it was."""
+    forked: Deferred[bool] = Deferred()
+
+    def pass_on(result: bool) -> bool:
+        forked.callback(result)
+        return result
+
+    d.addCallback(pass_on)
+    return forked

@@ -42,8 +42,8 @@ def test_values() -> None:
     ("key", "value", "message"),
     [
         ("max_command_line", 511, "511 is out of range (expected an integer 512-1048576)"),
-        ("max_line_length", 999, "must be 1000 (RFC 5321's minimum) to 64M"),
-        ("max_line_length", "1G", "must be 1000 (RFC 5321's minimum) to 64M"),
+        ("max_line_length", 999, "must be 1000 (RFC 5321's minimum) to 1M"),
+        ("max_line_length", "2M", "must be 1000 (RFC 5321's minimum) to 1M"),
         ("max_path_length", 100, "100 is out of range (expected an integer 256-4096)"),
         ("max_local_part", 63, "63 is out of range (expected an integer 64-4096)"),
         ("timeout_data", "soon", '"soon" is not a duration'),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -102,10 +101,8 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
 
 def recover_bytes(tmp: Path, data: bytes) -> dict[str, tuple[RecipientState, ...]]:
     """Recover a spool whose only segment holds ``data``; check every body read back."""
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "log").mkdir(parents=True)
-    (tmp / "bodies").mkdir()
+    (tmp / "log").mkdir(parents=True, exist_ok=True)
+    (tmp / "bodies").mkdir(exist_ok=True)
     (tmp / "log" / segment_name(1)).write_bytes(data)
     recovered = recover(str(tmp), repair=False)
     for message, location in recovered.messages.values():
@@ -189,7 +186,7 @@ class Tracker:
     pool: ManualOffloader = attrs.field(factory=ManualOffloader)
 
 
-def workload(directory: str, disk: PowerCutDisk, seed: int, steps: int = 60) -> Tracker:
+def workload(directory: str, disk: PowerCutDisk, seed: int, steps: int = 100) -> Tracker:
     """Commits (small and large, some concurrent), aborts, outcomes, removals, compaction; until the power cut."""
     rng = random.Random(seed)
     t = Tracker()
@@ -205,7 +202,7 @@ def workload(directory: str, disk: PowerCutDisk, seed: int, steps: int = 60) -> 
             segment_size=600, inline_limit=300, spill_chunk=200, max_buffered=600, keep_sealed=1,
         )  # fmt: skip
         for step in range(steps):
-            action = rng.choice(["send", "send", "large", "abort", "record", "remove", "run", "run", "run"])
+            action = rng.choice(["send", "send", "large", "abort", "record", "remove", "remove", "run", "run", "run"])
             live = sorted(t.acked - t.removing)
             if action in ("send", "large", "abort"):
                 size = rng.randint(1, 250) if action == "send" else rng.randint(301, 2000)
@@ -252,7 +249,7 @@ def check_recovered(t: Tracker, directory: str, context: str) -> None:
     store = SpoolStore.open(directory, offloader=pool)
     pool.run_all()
     present = {m.queue_id for m in store.messages()}
-    must = t.acked - t.removed
+    must = t.acked - t.removing  # a removal in flight may or may not have been made durable
     assert must <= present, f"{context}: acknowledged messages lost: {sorted(must - present)}"
     assert present <= t.acked | t.committing, f"{context}: unknown messages {sorted(present - t.acked)}"
     assert not present & t.removed, f"{context}: removed messages came back"
@@ -265,17 +262,23 @@ def check_recovered(t: Tracker, directory: str, context: str) -> None:
     store.kill()
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+# The simulation decides what survives, so a RAM-backed directory serves as well and runs
+# the hundreds of scenarios much faster.
+SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+@pytest.mark.parametrize("seed", [6, 13, 14])  # seeds whose workload includes compaction
 def test_a_power_cut_before_any_disk_call_loses_nothing_acknowledged(seed: int) -> None:
-    with tempfile.TemporaryDirectory() as root:
+    with tempfile.TemporaryDirectory(dir=SCRATCH) as root:
         full = PowerCutDisk(os.path.join(root, "trash-full"))
         t = workload(os.path.join(root, "full"), full, seed)
         assert t.store is not None and len(t.acked) >= 10 and t.removed and t.store.stats.moved
         assert t.store.stats.segments_removed and t.store.stats.spilled
+        t.store.kill()
         check_recovered(t, os.path.join(root, "full"), "no crash")
         calls = full.calls
     for cut_at in range(calls + 1):
-        with tempfile.TemporaryDirectory() as root:
+        with tempfile.TemporaryDirectory(dir=SCRATCH) as root:
             directory = os.path.join(root, "spool")
             disk = PowerCutDisk(os.path.join(root, "trash"), cut_at=cut_at)
             t = workload(directory, disk, seed)

@@ -135,8 +135,12 @@ class RuntimeCommands:
     seen by the health checkers like any other change.
     """
 
-    def __init__(self, view: ProcessView) -> None:
+    def __init__(
+        self, view: ProcessView, reload: Callable[[], tuple[bool, Sequence[str]]] | None = None
+    ) -> None:
         self.view = view
+        self._reload = reload
+        """Reloads the configuration: (applied?, lines saying what changed or what is wrong)."""
 
     # -- entry points
 
@@ -366,6 +370,16 @@ class RuntimeCommands:
         server.set_checks_enabled(enabled)
         return Answer()
 
+    def reload(self, args: list[str], session: CliSession) -> Answer:
+        if args:
+            return error("'reload' takes no arguments.")
+        if self._reload is None:
+            return error("This process cannot reload its configuration.")
+        applied, lines = self._reload()
+        if not applied:
+            return Answer(("Reload refused; the running configuration is unchanged:", *lines), ERROR)
+        return Answer(tuple(lines) or ("Reloaded.",), INFO)
+
     def set_severity_output(self, args: list[str], session: CliSession) -> Answer:
         if len(args) != 1 or args[0] not in ("none", "number", "string"):
             return error("one of 'none', 'number', 'string' is expected")
@@ -470,6 +484,10 @@ COMMANDS: tuple[_Command, ...] = (
     _Command(
         ("disable", "health"), "disable health <bk>/<srv>", "pause a server's active checks",
         RuntimeCommands.disable_health, True,
+    ),
+    _Command(
+        ("reload",), "reload", "re-read the configuration file and apply it (as SIGHUP does)",
+        RuntimeCommands.reload, True,
     ),
     _Command(
         ("set", "severity-output"), "set severity-output [none|number|string]",

@@ -60,7 +60,9 @@ section h2{margin:0 0 6px;font-size:16px}section h2 small{font-weight:normal;col
 table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
 th,td{border:1px solid var(--line);padding:3px 6px;white-space:nowrap}
 th{background:var(--head);color:#fff;font-weight:600;font-size:12px}
-td.n{text-align:right}td.name{font-weight:600}
+td.n{text-align:right}
+td.name{font-weight:600;position:sticky;left:0;background:inherit;z-index:1}
+th.first{position:sticky;left:0;z-index:2}
 td.info{white-space:normal;min-width:12em;max-width:26em;font-size:12px;color:#333}
 tr.total td{font-weight:600;border-top:2px solid #7a8594}
 .tag{font-size:11px;font-weight:normal;padding:0 4px;border:1px solid #888;border-radius:3px;margin-left:4px}
@@ -69,7 +71,11 @@ tr.total td{font-weight:600;border-top:2px solid #7a8594}
 .maint{background:#d6aa6e}.open{background:#c0ffc0}.stop{background:#ff9c9c}
 .warn{background:#ffe38a}.crit{background:#ff9c9c}
 .graphs{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:10px;margin-top:10px}
-figure{margin:0;border:1px solid var(--line);border-radius:4px;padding:6px;background:#fbfbfc}
+figure{margin:0;border:1px solid var(--line);border-left:6px solid #9aa3ad;border-radius:4px;padding:6px;
+background:#fbfbfc}
+.up-edge,.nocheck-edge{border-left-color:#4caf50}.going-down-edge{border-left-color:#e6d200}
+.going-up-edge{border-left-color:#f0a020}.down-edge{border-left-color:#e53935}
+.drain-edge{border-left-color:#4f8fe0}.maint-edge{border-left-color:#a0682a}
 figcaption{font-size:12px;margin-bottom:4px}figcaption b{font-size:13px}
 figure svg{display:block;width:100%;height:84px;background:#fff;border:1px solid #e3e6ea}
 .axis{display:flex;justify-content:space-between;font-size:11px;color:var(--muted)}
@@ -251,7 +257,7 @@ def _server_row(server: dict[str, Any]) -> str:
 def _backend_section(backend: dict[str, Any]) -> str:
     head = (
         "<thead><tr>"
-        '<th rowspan="2">Server</th><th rowspan="2">Status</th>'
+        '<th rowspan="2" class="first">Server</th><th rowspan="2">Status</th>'
         '<th colspan="2">Last check</th><th rowspan="2">Weight</th>'
         '<th colspan="4">Sessions</th><th>Queue</th><th colspan="2">Bytes</th>'
         '<th>Errors</th><th colspan="2" class="opt">Warnings</th>'
@@ -291,7 +297,7 @@ def _frontend_section(frontend: dict[str, Any]) -> str:
     extra_head = "<th>Messages</th>" if relay is not None else ""
     extra_cell = _num(relay["accepted"]) if relay is not None else ""
     head = (
-        "<thead><tr><th>Status</th><th>Cur</th><th class=\"opt\">Max</th><th class=\"opt\">Limit</th>"
+        '<thead><tr><th>Status</th><th>Cur</th><th class="opt">Max</th><th class="opt">Limit</th>'
         f"<th>Total</th>{extra_head}<th>Bytes in</th><th>Bytes out</th><th>Errors</th>"
         '<th>No server</th><th class="opt">Retr</th><th class="opt">Redis</th>'
         '<th class="opt">Listening on</th></tr></thead>'

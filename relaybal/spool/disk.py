@@ -136,6 +136,8 @@ class FlushResult:
 
     locations: tuple[Location | None, ...]
     current: int
+    #: the current segment's size
+    offset: int
     deleted_segments: tuple[int, ...]
     unlink_failed: tuple[str, ...]
 
@@ -143,10 +145,11 @@ class FlushResult:
 class FlushError(Exception):
     """A flush failed: none of its records may be reported durable."""
 
-    def __init__(self, cause: OSError, current: int) -> None:
+    def __init__(self, cause: OSError, current: int, offset: int) -> None:
         super().__init__(str(cause))
         self.cause = cause
         self.current = current
+        self.offset = offset
 
 
 class SegmentLog:
@@ -215,7 +218,7 @@ class SegmentLog:
                 self.cancel.extend(
                     r.new_message for r in plan.records if isinstance(r, Append) and r.new_message is not None
                 )
-                raise FlushError(e, self.seq) from e
+                raise FlushError(e, self.seq, self.offset) from e
         deleted: list[int] = []
         for seq in plan.delete_segments:
             try:
@@ -236,7 +239,7 @@ class SegmentLog:
             except OSError:
                 log.failure("spool: removing {path}", path=path)
                 failed.append(path)
-        return FlushResult(tuple(locations), self.seq, tuple(deleted), tuple(failed))
+        return FlushResult(tuple(locations), self.seq, self.offset, tuple(deleted), tuple(failed))
 
     def _append(self, records: tuple[Append | Copy, ...]) -> list[Location | None]:
         if self.broken or self.offset >= self.segment_size:

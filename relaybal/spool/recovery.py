@@ -57,6 +57,8 @@ class Recovered:
 
     messages: dict[str, tuple[QueuedMessage, Location]]
     segments: tuple[int, ...]
+    #: each segment's size in bytes
+    sizes: dict[int, int]
     report: RecoveryReport
 
 
@@ -86,11 +88,12 @@ def recover(directory: str, *, repair: bool = True, disk: Disk | None = None) ->
     segments = list_segments(log_dir) if os.path.isdir(log_dir) else []
     live: dict[str, tuple[QueuedMessage, Location]] = {}
     torn: list[tuple[int, int, str]] = []
+    sizes: dict[int, int] = {}
     bad_records = 0
     for seq in segments:
         path = os.path.join(log_dir, segment_name(seq))
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+            size = sizes[seq] = os.fstat(f.fileno()).st_size
             try:
                 header_seq = fmt.decode_segment_header(f.read(fmt.SEGMENT_HEADER_SIZE))
             except fmt.FormatError as e:
@@ -146,7 +149,7 @@ def recover(directory: str, *, repair: bool = True, disk: Disk | None = None) ->
         damaged=tuple(damaged),
         bad_records=bad_records,
     )
-    return Recovered(ordered, tuple(segments), report)
+    return Recovered(ordered, tuple(segments), sizes, report)
 
 
 def _replay(live: dict[str, tuple[QueuedMessage, Location]], seq: int, record: fmt.RawRecord) -> None:

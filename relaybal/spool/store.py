@@ -351,6 +351,7 @@ class SpoolStore:
         lock_fd: int,
         recovered: Mapping[str, tuple[QueuedMessage, Location]],
         segments: tuple[int, ...],
+        sizes: Mapping[int, int],
         report: RecoveryReport,
         clock: Callable[[], float],
         inline_limit: int,
@@ -374,14 +375,20 @@ class SpoolStore:
         self._lock_fd: int | None = lock_fd
         self._ids = QueueIdGenerator(clock)
         self._index: dict[str, _Live] = {}
+        # Per segment: the live messages whose current M record is there, their bytes, its size.
         self._members: dict[int, set[str]] = {seq: set() for seq in segments}
+        self._live_bytes: dict[int, int] = dict.fromkeys(segments, 0)
+        self._sizes: dict[int, int] = {seq: sizes.get(seq, 0) for seq in segments}
         self._pins: dict[int, int] = {}
         self._segments = sorted({*segments, log.seq})
         self._current = log.seq
         self._members.setdefault(log.seq, set())
+        self._live_bytes.setdefault(log.seq, 0)
+        self._sizes[log.seq] = log.offset
         for queue_id, (message, location) in recovered.items():
-            self._index[queue_id] = _Live(message, location)
-            self._members[location.segment].add(queue_id)
+            live = _Live(message, location)
+            self._index[queue_id] = live
+            self._add_member(live)
         self._writers: dict[str, SpoolWriter] = {}
         self._pending: list[_Item] = []
         self._retry: list[_RecordItem] = []
@@ -458,6 +465,7 @@ class SpoolStore:
             lock_fd=lock_fd,
             recovered=recovered.messages,
             segments=recovered.segments,
+            sizes=recovered.sizes,
             report=report,
             clock=clock,
             inline_limit=inline_limit,
@@ -544,7 +552,7 @@ class SpoolStore:
         """
         live = self._index.pop(queue_id)
         live.removed = True
-        self._members[live.location.segment].discard(queue_id)
+        self._drop_member(live)
         d: Deferred[None] = Deferred()
         self._pending.append(_RecordItem(Append(fmt.encode_ids(fmt.KIND_DONE, [queue_id])), d, done=live))
         self._kick()
@@ -606,6 +614,12 @@ class SpoolStore:
         sealed = [seq for seq in self._segments if seq != self._current]
         if len(sealed) <= self.keep_sealed:
             return
+        # Copy only while the log is at least half garbage (and a segment's worth): each byte
+        # copied then frees at least one, and copying stops when what is left is mostly live.
+        live_bytes = sum(self._live_bytes.values())
+        garbage = sum(self._sizes.values()) - live_bytes
+        if garbage < max(live_bytes, self._log.segment_size):
+            return
         oldest = sealed[0]
         moves = sum(isinstance(i, _MoveItem) for i in self._pending)
         for queue_id in sorted(self._members.get(oldest, ())):
@@ -633,18 +647,40 @@ class SpoolStore:
             out.append(seq)
         return tuple(out)
 
-    def _note_current(self, current: int) -> None:
+    def _note_current(self, current: int, offset: int) -> None:
         if current != self._current:
             self._current = current
             self._segments.append(current)
             self._members.setdefault(current, set())
+            self._live_bytes.setdefault(current, 0)
+        self._sizes[current] = offset
+
+    @staticmethod
+    def _record_bytes(live: _Live) -> int:
+        loc = live.location
+        inline = live.message.size if live.message.body_file is None else 0
+        return loc.body_offset - loc.record_offset + inline
+
+    def _add_member(self, live: _Live) -> None:
+        seq = live.location.segment
+        self._members[seq].add(live.message.queue_id)
+        self._live_bytes[seq] += self._record_bytes(live)
+
+    def _drop_member(self, live: _Live) -> None:
+        seq = live.location.segment
+        members = self._members[seq]
+        if live.message.queue_id in members:
+            members.discard(live.message.queue_id)
+            self._live_bytes[seq] -= self._record_bytes(live)
 
     def _flushed(self, result: FlushResult, batch: list[_Item]) -> None:
         self._flushing = False
-        self._note_current(result.current)
+        self._note_current(result.current, result.offset)
         for seq in result.deleted_segments:
             self._segments.remove(seq)
             self._members.pop(seq, None)
+            self._live_bytes.pop(seq, None)
+            self._sizes.pop(seq, None)
             self.stats.segments_removed += 1
         progress = bool(result.deleted_segments)
         client = False
@@ -660,21 +696,22 @@ class SpoolStore:
                 writer = item.writer
                 writer.state = "committed"
                 self._writers.pop(writer.queue_id, None)
-                self._index[writer.queue_id] = _Live(item.message, location)
-                self._members[location.segment].add(writer.queue_id)
+                live = _Live(item.message, location)
+                self._index[writer.queue_id] = live
+                self._add_member(live)
                 stats.commits += 1
                 stats.bytes += item.message.size
                 queued.append(item.message)
                 item.d.callback(writer.queue_id)
             elif isinstance(item, _MoveItem):
                 progress = True
-                live = self._index.get(item.queue_id)
-                if live is not None and live.moving:
+                moved = self._index.get(item.queue_id)
+                if moved is not None and moved.moving:
                     assert location is not None
-                    self._members[live.location.segment].discard(item.queue_id)
-                    live.location = location
-                    live.moving = False
-                    self._members[location.segment].add(item.queue_id)
+                    self._drop_member(moved)
+                    moved.location = location
+                    moved.moving = False
+                    self._add_member(moved)
                     stats.moved += 1
             else:
                 client = True
@@ -696,7 +733,7 @@ class SpoolStore:
         self._flushing = False
         error = failure.value
         if isinstance(error, FlushError):
-            self._note_current(error.current)
+            self._note_current(error.current, error.offset)
             log.error("spool: flush of {n} records failed: {error}", n=len(batch), error=error.cause)
         else:
             log.failure("spool: flush failed", failure)

@@ -107,14 +107,14 @@ def test_reload_during_load_adds_and_removes_servers_without_loss(
     assert one.count() > at_reload
     # ... new sessions went to the added one, and no session was refused or cut.
     assert len(numbers([three], "fresh.test")) > 0
-    # No session was refused (SC) or cut by a server (SD); the four long ones ended normally,
-    # two of them on the removed server. (smtp-source resets some one-message sessions
-    # after QUIT, which relaybal logs as CD, reload or not.)
+    # No session was refused (SC), cut by a server (SD) or timed out; the four long ones
+    # lasted the whole run, two of them on the removed server. (smtp-source resets some
+    # connections after QUIT, which relaybal logs as CD, reload or not.)
     log = daemon.log()
-    assert " SC " not in log and " SD " not in log
-    long_sessions = re.findall(r" smtp mx/(\w+) \S+ \d+ (\d+) (\S\S) ", log)
-    long_sessions = [(server, end) for server, moved, end in long_sessions if int(moved) > 100_000]
-    assert sorted(long_sessions) == [("one", "--"), ("one", "--"), ("two", "--"), ("two", "--")]
+    ends = re.findall(r" smtp mx/(\w+) \S+ \d+ (\d+) (\S\S) ", log)
+    assert {end for _, _, end in ends} <= {"--", "CD"}
+    long_sessions = sorted(server for server, moved, _ in ends if int(moved) > 100_000)
+    assert long_sessions == ["one", "one", "two", "two"]
     assert "reload: backend mx: servers added: three; servers removed: one; settings changed" in log
     data = stats_json(http_port)
     assert [s["name"] for s in data["backends"][0]["servers"]] == ["two", "three"]

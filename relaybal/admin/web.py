@@ -241,8 +241,8 @@ def _server_row(server: dict[str, Any]) -> str:
         f"<td>{_e(server['status'])}</td>"
         f"{_check_cells(server)}"
         f"{_num(weight)}"
-        f"{_num(sessions['current'])}{_num(sessions['max'], True)}{_num(sessions['limit'], True)}"
-        f"{_num(sessions['total'])}"
+        f"{_num(sessions['current'])}{_num(sessions['total'])}"
+        f"{_num(sessions['max'], True)}{_num(sessions['limit'], True)}"
         f"{_num(None)}"
         f"{_bytes(server['bytes']['in'])}{_bytes(server['bytes']['out'])}"
         f"{_num(server['errors']['connect'])}"
@@ -255,17 +255,18 @@ def _server_row(server: dict[str, Any]) -> str:
 
 
 def _backend_section(backend: dict[str, Any]) -> str:
+    # Group headings (colspan) only over columns that are always shown: the optional
+    # ones (hidden on narrow screens) have headings of their own.
     head = (
         "<thead><tr>"
         '<th rowspan="2" class="first">Server</th><th rowspan="2">Status</th>'
-        '<th colspan="2">Last check</th><th rowspan="2">Weight</th>'
-        '<th colspan="4">Sessions</th><th>Queue</th><th colspan="2">Bytes</th>'
-        '<th>Errors</th><th colspan="2" class="opt">Warnings</th>'
-        '<th rowspan="2">Since</th><th rowspan="2" class="opt">Cert</th></tr><tr>'
-        '<th>Result</th><th class="opt">Info</th>'
-        '<th>Cur</th><th class="opt">Max</th><th class="opt">Limit</th><th>Total</th>'
-        "<th>Cur</th><th>In</th><th>Out</th><th>Conn</th>"
-        '<th class="opt">Retr</th><th class="opt">Redis</th></tr></thead>'
+        '<th rowspan="2">Last check</th><th rowspan="2" class="opt">Check info</th>'
+        '<th rowspan="2">Weight</th><th colspan="2">Sessions</th>'
+        '<th rowspan="2" class="opt">Max</th><th rowspan="2" class="opt">Limit</th>'
+        '<th rowspan="2">Queue</th><th colspan="2">Bytes</th><th rowspan="2">Conn errors</th>'
+        '<th rowspan="2" class="opt">Retries</th><th rowspan="2" class="opt">Redisp.</th>'
+        '<th rowspan="2">Since</th><th rowspan="2" class="opt">Cert</th></tr>'
+        "<tr><th>Cur</th><th>Total</th><th>In</th><th>Out</th></tr></thead>"
     )
     rows = [_server_row(server) for server in backend["servers"]]
     sessions = backend["sessions"]
@@ -273,8 +274,8 @@ def _backend_section(backend: dict[str, Any]) -> str:
         f'<tr class="total {_e(backend["status_class"])}"><td class="name">Backend</td>'
         f"<td>{_e(backend['status'])}</td><td>{backend['servers_active']} active, "
         f'{backend["servers_backup"]} backup</td><td class="info opt"></td>'
-        f"{_num(backend['weight'])}{_num(sessions['current'])}{_num(None, True)}{_num(None, True)}"
-        f"{_num(sessions['total'])}"
+        f"{_num(backend['weight'])}{_num(sessions['current'])}{_num(sessions['total'])}"
+        f"{_num(None, True)}{_num(None, True)}"
         f'<td class="n" title="{backend["queue"]["total"]} queued in all">{backend["queue"]["current"]}</td>'
         f"{_bytes(backend['bytes']['in'])}{_bytes(backend['bytes']['out'])}"
         f"{_num(backend['errors']['connect'])}{_num(backend['retries'], True)}"

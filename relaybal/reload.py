@@ -145,6 +145,9 @@ def reload_service(service: RelaybalService, path: str | None = None) -> list[st
     view = service.runtime
     view.last_reload = service.reactor.seconds()
     try:
+        if view.stopping:
+            # Listeners closed by the drain must stay closed.
+            raise ReloadRefused(["the process is draining before exit; a reload would reopen its listeners"])
         try:
             new = load_config(source)
         except ConfigFileError as e:

@@ -8,17 +8,19 @@ points and then checks the spool. Usage::
 Prints ``ready N`` once the spool is open (N messages recovered), then one
 line per acknowledgement, flushed at once: ``C QUEUEID TAG SIZE`` when a
 commit fired (the body is :func:`body_for` ``(TAG, SIZE)``) and
-``R QUEUEID`` when a removal fired. Eight writers run concurrently, so
+``R QUEUEID`` when a removal fired (``r QUEUEID`` says one is starting). Eight writers run concurrently, so
 commits share flushes as they do in the daemon; some bodies are large enough
 to go to their own files, and small segments make compaction run.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 
 from twisted.internet import defer, reactor
+from twisted.python.failure import Failure
 
 from relaybal.spool import SpoolStore
 from relaybal.spool.testing import sample_envelope
@@ -49,12 +51,18 @@ async def writer(store: SpoolStore, seed: str, number: int, acked: list[str], rn
         roll = rng.random()
         if roll < 0.25 and acked:
             victim = acked.pop(rng.randrange(len(acked)))
+            print(f"r {victim}", flush=True)
             await store.remove(victim)
             print(f"R {victim}", flush=True)
         elif roll < 0.4 and acked:
             target = acked[rng.randrange(len(acked))]
             state = store.get(target).recipients[0].deferred(reactor.seconds() + 600, "451 4.3.0 later")
             await store.record(target, {0: state})
+
+
+def fatal(failure: Failure) -> None:
+    failure.printTraceback(file=sys.stderr)
+    os._exit(1)  # a broken stdout pipe included: the test reads what was printed before
 
 
 def main(directory: str, seed: str) -> None:
@@ -67,7 +75,7 @@ def main(directory: str, seed: str) -> None:
     rng = random.Random(seed)
     for number in range(WRITERS):
         d = defer.ensureDeferred(writer(store, seed, number, acked, random.Random(rng.random())))
-        d.addErrback(lambda f: (f.printTraceback(), reactor.stop()))
+        d.addErrback(fatal)
     reactor.run()
 
 

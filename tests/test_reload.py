@@ -300,6 +300,14 @@ def test_reload_from_a_file(svc: RelaybalService) -> None:
             os.unlink(f.name)
 
 
+def test_no_reload_while_draining(svc: RelaybalService) -> None:
+    svc.drain()
+    with pytest.raises(ReloadRefused, match="draining"):
+        reload_service(svc)
+    assert svc.frontends["smtp"].ports == []
+    assert svc.runtime.reload_failures == 1
+
+
 def test_a_relay_frontend_that_cannot_be_built_refuses(svc: RelaybalService) -> None:
     relay = {
         "mode": "relay",

@@ -59,11 +59,11 @@ section h2{margin:0 0 6px;font-size:16px}section h2 small{font-weight:normal;col
 .scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}
 table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
 th,td{border:1px solid var(--line);padding:3px 6px;white-space:nowrap}
-th{background:var(--head);color:#fff;font-weight:600;font-size:12px}
+th{background:var(--head);color:#fff;font-weight:600;font-size:12px;white-space:normal}
 td.n{text-align:right}
 td.name{font-weight:600;position:sticky;left:0;background:inherit;z-index:1}
 th.first{position:sticky;left:0;z-index:2}
-td.info{white-space:normal;min-width:12em;max-width:26em;font-size:12px;color:#333}
+td.info{white-space:normal;min-width:9em;max-width:22em;font-size:12px;color:#333}
 tr.total td{font-weight:600;border-top:2px solid #7a8594}
 .tag{font-size:11px;font-weight:normal;padding:0 4px;border:1px solid #888;border-radius:3px;margin-left:4px}
 .up{background:#c0ffc0}.nocheck{background:#e2f5e2}.going-down{background:#ffffa0}

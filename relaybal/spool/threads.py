@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import ParamSpec, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -30,15 +30,21 @@ class Offloader(Protocol):
 
 
 class ThreadPoolOffloader:
-    """The spool's own thread pool (started at once, stopped by :meth:`stop`)."""
+    """The spool's own thread pool: started at once, stopped by :meth:`stop`.
+
+    It is also stopped after the reactor has shut down, so a process whose
+    spool was never closed can still exit (its threads are not daemons).
+    """
 
     def __init__(self, reactor: IReactorFromThreads, threads: int = 4, name: str = "relaybal-spool") -> None:
         self.reactor = reactor
         self.pool = ThreadPool(minthreads=1, maxthreads=threads, name=name)
         self.pool.start()
+        IReactorCore(reactor).addSystemEventTrigger("after", "shutdown", self.stop)
 
     def submit(self, f: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
         return deferToThreadPool(self.reactor, self.pool, f, *args, **kwargs)
 
     def stop(self) -> None:
-        self.pool.stop()
+        if self.pool.started:
+            self.pool.stop()

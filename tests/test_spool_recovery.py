@@ -111,7 +111,9 @@ def recover_bytes(tmp: Path, data: bytes) -> dict[str, tuple[RecipientState, ...
     return {q: m.recipients for q, (m, _) in recovered.messages.items()}
 
 
-def test_a_log_cut_at_any_offset_keeps_exactly_the_complete_records(scenario: Scenario, tmp_path: Path) -> None:
+def test_a_log_cut_at_any_offset_keeps_exactly_the_complete_records(
+    scenario: Scenario, tmp_path: Path
+) -> None:
     for cut in range(len(scenario.data) + 1):
         complete = sum(end <= cut for end in scenario.ends)
         assert recover_bytes(tmp_path / "s", scenario.data[:cut]) == scenario.after[complete], cut
@@ -186,8 +188,11 @@ class Tracker:
     pool: ManualOffloader = attrs.field(factory=ManualOffloader)
 
 
+ACTIONS = ["send", "send", "large", "abort", "record", "remove", "remove", "run", "run", "run"]
+
+
 def workload(directory: str, disk: PowerCutDisk, seed: int, steps: int = 100) -> Tracker:
-    """Commits (small and large, some concurrent), aborts, outcomes, removals, compaction; until the power cut."""
+    """Commits (small, large, concurrent), aborts, outcomes, removals, compaction; until the power cut."""
     rng = random.Random(seed)
     t = Tracker()
     clock = [1_700_000_000.0]
@@ -202,7 +207,7 @@ def workload(directory: str, disk: PowerCutDisk, seed: int, steps: int = 100) ->
             segment_size=600, inline_limit=300, spill_chunk=200, max_buffered=600, keep_sealed=1,
         )  # fmt: skip
         for step in range(steps):
-            action = rng.choice(["send", "send", "large", "abort", "record", "remove", "remove", "run", "run", "run"])
+            action = rng.choice(ACTIONS)
             live = sorted(t.acked - t.removing)
             if action in ("send", "large", "abort"):
                 size = rng.randint(1, 250) if action == "send" else rng.randint(301, 2000)
@@ -222,16 +227,16 @@ def workload(directory: str, disk: PowerCutDisk, seed: int, steps: int = 100) ->
                 t.committing.add(queue_id)
                 t.history[queue_id] = [tuple(RecipientState() for _ in envelope.recipients)]
                 t.acked_state[queue_id] = 0
-                writer.commit().addCallback(lambda q: t.acked.add(q))
+                writer.commit().addCallback(t.acked.add)
             elif action == "record" and live:
                 queue_id = rng.choice(live)
                 message = store.get(queue_id)
                 index = rng.randrange(len(message.recipients))
                 state = message.recipients[index].deferred(now() + rng.randint(1, 999), f"4xx {step}")
-                store.record(queue_id, {index: state})
+                recorded = store.record(queue_id, {index: state})
                 t.history[queue_id].append(store.get(queue_id).recipients)
                 n = len(t.history[queue_id]) - 1
-                store.record(queue_id, {}).addCallback(lambda _, q=queue_id, n=n: t.acked_state.__setitem__(q, n))
+                recorded.addCallback(lambda _, q=queue_id, n=n: t.acked_state.__setitem__(q, n))
             elif action == "remove" and live:
                 queue_id = rng.choice(live)
                 t.removing.add(queue_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import tempfile
@@ -68,7 +69,7 @@ def test_a_state_record_decodes_to_what_was_encoded(updates: dict[int, Recipient
 
 def chunked(body: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(body) + 1) for c in cuts} | {0, len(body)})
-    return [body[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [body[a:b] for a, b in itertools.pairwise(points)]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -88,8 +89,9 @@ def test_messages_read_back_as_written_before_and_after_a_restart(
     with tempfile.TemporaryDirectory(dir=SCRATCH) as directory:
         pool = ManualOffloader()
         store = SpoolStore.open(
-            directory, offloader=pool, inline_limit=1000, spill_chunk=300, max_buffered=1200, segment_size=4096
-        )
+            directory, offloader=pool, inline_limit=1000, spill_chunk=300, max_buffered=1200,
+            segment_size=4096,
+        )  # fmt: skip
         committed: dict[str, tuple[Envelope, bytes]] = {}
         for envelope, body, cuts in messages:
             writer = store.begin(envelope)

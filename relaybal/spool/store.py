@@ -392,6 +392,7 @@ class SpoolStore:
         self._writers: dict[str, SpoolWriter] = {}
         self._pending: list[_Item] = []
         self._retry: list[_RecordItem] = []
+        self._moves = 0  # copies planned and not yet flushed
         self._flushing = False
         self._maintain = True
         self._jobs: set[Deferred[Any]] = set()
@@ -611,6 +612,8 @@ class SpoolStore:
         d.addCallbacks(self._flushed, self._flush_failed, callbackArgs=(batch,), errbackArgs=(batch,))
 
     def _plan_moves(self) -> None:
+        if self._moves:
+            return  # one batch of copies at a time
         sealed = [seq for seq in self._segments if seq != self._current]
         if len(sealed) <= self.keep_sealed:
             return
@@ -621,15 +624,12 @@ class SpoolStore:
         if garbage < max(live_bytes, self._log.segment_size):
             return
         oldest = sealed[0]
-        moves = sum(isinstance(i, _MoveItem) for i in self._pending)
         for queue_id in sorted(self._members.get(oldest, ())):
-            if moves >= _MOVES_PER_FLUSH:
+            if self._moves >= _MOVES_PER_FLUSH:
                 break
             live = self._index[queue_id]
-            if live.moving:
-                continue
             live.moving = True
-            moves += 1
+            self._moves += 1
             meta = fmt.encode_message_meta(live.message)
             loc = live.location
             record: Append | Copy
@@ -705,6 +705,7 @@ class SpoolStore:
                 item.d.callback(writer.queue_id)
             elif isinstance(item, _MoveItem):
                 progress = True
+                self._moves -= 1
                 moved = self._index.get(item.queue_id)
                 if moved is not None and moved.moving:
                     assert location is not None
@@ -744,6 +745,7 @@ class SpoolStore:
             if isinstance(item, _CommitItem):
                 item.writer._failed(item.d, error)
             elif isinstance(item, _MoveItem):
+                self._moves -= 1
                 live = self._index.get(item.queue_id)
                 if live is not None:
                     live.moving = False

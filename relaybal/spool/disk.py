@@ -14,6 +14,7 @@ thread pool and reads their results on the reactor thread.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -60,9 +61,6 @@ class Disk:
             view = view[n:]
             offset += n
 
-    def truncate(self, fd: int, length: int) -> None:
-        os.ftruncate(fd, length)
-
     def fsync(self, fd: int) -> None:
         os.fdatasync(fd)
 
@@ -78,6 +76,18 @@ class Disk:
 
     def unlink(self, path: str) -> None:
         os.unlink(path)
+
+
+def make_dirs(disk: Disk, path: str) -> None:
+    """Create ``path`` and any missing parents, each made durable in its parent directory."""
+    path = os.path.abspath(path)
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for directory in reversed(missing):
+        os.makedirs(directory, mode=0o750, exist_ok=True)
+        disk.fsync_dir(os.path.dirname(directory))
 
 
 def read_at(path: str, offset: int, length: int) -> bytes:
@@ -222,7 +232,9 @@ class SegmentLog:
         deleted: list[int] = []
         for seq in plan.delete_segments:
             try:
-                self.disk.unlink(self.segment_path(seq))
+                # Gone already if an earlier attempt's directory fsync was what failed.
+                with contextlib.suppress(FileNotFoundError):
+                    self.disk.unlink(self.segment_path(seq))
                 # One at a time, oldest first, each made durable before the next: a
                 # segment's D records must outlive the older segments they cancel.
                 self.disk.fsync_dir(self.log_dir)

@@ -24,6 +24,7 @@ from relaybal.spool.disk import (
     SEGMENT_SUFFIX,
     Disk,
     Location,
+    make_dirs,
     segment_name,
 )
 from relaybal.spool.message import QueuedMessage
@@ -82,9 +83,7 @@ def recover(directory: str, *, repair: bool = True, disk: Disk | None = None) ->
     bodies_dir = os.path.join(directory, BODIES_DIR)
     if repair:
         for path in (directory, log_dir, bodies_dir):
-            if not os.path.isdir(path):
-                os.makedirs(path, mode=0o750, exist_ok=True)
-                disk.fsync_dir(os.path.dirname(os.path.abspath(path)))
+            make_dirs(disk, path)
     segments = list_segments(log_dir) if os.path.isdir(log_dir) else []
     live: dict[str, tuple[QueuedMessage, Location]] = {}
     torn: list[tuple[int, int, str]] = []

@@ -47,6 +47,7 @@ from relaybal.spool.disk import (
     FlushResult,
     Location,
     SegmentLog,
+    make_dirs,
     read_at,
 )
 from relaybal.spool.message import QueuedMessage, RecipientState
@@ -124,14 +125,12 @@ class _RecordItem:
     d: Deferred[None] | None
     #: the removed message, for a D record
     done: _Live | None = None
-    unlink: bool = False
 
 
 @attrs.define(eq=False)
 class _MoveItem:
     queue_id: str
     record: Append | Copy
-    source: Location
 
 
 _Item = _CommitItem | _RecordItem | _MoveItem
@@ -428,7 +427,7 @@ class SpoolStore:
         :class:`OSError` if it cannot be read or written.
         """
         disk = disk if disk is not None else Disk()
-        os.makedirs(directory, mode=0o750, exist_ok=True)
+        make_dirs(disk, directory)
         lock_fd = os.open(os.path.join(directory, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -604,7 +603,7 @@ class SpoolStore:
             if isinstance(item, _RecordItem) and item.done is not None:
                 live = item.done
                 if live.message.body_file is not None and live.readers == 0 and not live.unlink_planned:
-                    live.unlink_planned = item.unlink = True
+                    live.unlink_planned = True
                     unlink.append(os.path.join(self.directory, BODIES_DIR, live.message.body_file))
         plan = FlushPlan(tuple(item.record for item in batch), delete, tuple(unlink))
         self._flushing = True
@@ -637,7 +636,7 @@ class SpoolStore:
                 record = Copy(meta, (self._log.segment_path(loc.segment), loc.body_offset, live.message.size))
             else:
                 record = Append(*fmt.encode_message_record(meta))
-            self._pending.append(_MoveItem(queue_id, record, loc))
+            self._pending.append(_MoveItem(queue_id, record))
 
     def _deletable(self) -> tuple[int, ...]:
         out = []
@@ -674,7 +673,8 @@ class SpoolStore:
             self._live_bytes[seq] -= self._record_bytes(live)
 
     def _flushed(self, result: FlushResult, batch: list[_Item]) -> None:
-        self._flushing = False
+        # _flushing stays set while the callbacks run: commits they make (a writer's next
+        # message) then gather into one flush instead of the first one leaving alone.
         self._note_current(result.current, result.offset)
         for seq in result.deleted_segments:
             self._segments.remove(seq)
@@ -727,11 +727,11 @@ class SpoolStore:
                     callback(message)
                 except Exception:
                     log.failure("spool: on_queued callback failed")
+        self._flushing = False
         self._kick()
         self._check_closed()
 
     def _flush_failed(self, failure: Failure, batch: list[_Item]) -> None:
-        self._flushing = False
         error = failure.value
         if isinstance(error, FlushError):
             self._note_current(error.current, error.offset)
@@ -756,6 +756,7 @@ class SpoolStore:
                     self._retry.append(_RecordItem(item.record, None, done=item.done))
                 if item.d is not None:
                     item.d.errback(failure)
+        self._flushing = False
         self._kick()
         self._check_closed()
 

@@ -194,12 +194,6 @@ class PowerCutDisk(Disk):
         self._synced[ino] = min(self._synced.get(ino, 0), offset)
         super().write(fd, data, offset)
 
-    def truncate(self, fd: int, length: int) -> None:
-        self._step()
-        ino = self._ino(fd)
-        self._synced[ino] = min(self._synced.get(ino, 0), length)
-        super().truncate(fd, length)
-
     # No real fsync: the simulation decides what survives, and real ones would make
     # running hundreds of crash scenarios slow.
     def fsync(self, fd: int) -> None:

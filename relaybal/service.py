@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import sys
@@ -30,8 +31,11 @@ from relaybal.config import AdminConfig, Config, FrontendConfig
 from relaybal.drain import Drainer, open_sessions
 from relaybal.health.checks import HealthMonitor
 from relaybal.relay.frontend import RelayFrontend, RelaySetupError, build_relay_frontend
+from relaybal.relay.interfaces import IMessageSink
 from relaybal.smtp.auth import UsersFile, UsersFileError
 from relaybal.splice.frontend import SpliceFrontend
+from relaybal.spool.sinks import SpoolSink, UnavailableSink
+from relaybal.spool.store import SpoolLocked, SpoolStore
 
 log = Logger(namespace="relaybal")
 
@@ -68,6 +72,9 @@ class RelaybalService(MultiService):
         self.handle_signals = handle_signals
         self.backends = {name: Backend(bc, reactor, self.rng) for name, bc in config.backends.items()}
         self.frontends: dict[str, SpliceFrontend | RelayFrontend] = {}
+        # Relay frontends with delivery = "spool" share one spool, opened in startService.
+        self.spool: SpoolStore | None = None
+        self.spool_sink = SpoolSink()
         for name, fc in config.frontends.items():
             try:
                 self.frontends[name] = self.make_frontend(
@@ -112,16 +119,45 @@ class RelaybalService(MultiService):
         """
         if fc.mode == "splice":
             return SpliceFrontend(fc, backend, self.reactor, hostname)
-        frontend = build_relay_frontend(fc, backend, self.reactor)
+        sink: IMessageSink = (
+            self.spool_sink if fc.delivery == "spool" else UnavailableSink("Cut-through delivery")
+        )
+        frontend = build_relay_frontend(fc, backend, self.reactor, sink=sink)
+        if fc.delivery == "spool" and self.running:  # a reload added the first spooling frontend
+            self.open_spool()
         log.warn(
-            "frontend {name}: relay mode has no spool or delivery yet: accepted messages "
-            "are counted and discarded, not delivered{policies}",
+            "frontend {name}: {delivery}{policies}",
             name=fc.name,
+            delivery="accepted messages are stored durably in the spool; delivery to the "
+            "gateways is not available in this version, so they wait there"
+            if fc.delivery == "spool"
+            else 'delivery = "cut-through" is not available in this version: '
+            "messages are refused with 451 4.3.0",
             policies="; policies are not applied yet (only loopback clients may relay)"
             if fc.policies
             else "",
         )
         return frontend
+
+    def open_spool(self) -> None:
+        """Open ``state_dir/spool`` (recovering what a previous run left), or exit with status 1."""
+        if self.spool is not None:
+            return
+        path = os.path.join(self.config.global_.state_dir, "spool")
+        try:
+            self.spool = SpoolStore.open(path, reactor=self.reactor)
+        except SpoolLocked:
+            print(f"relaybal: global.state_dir: {path} is in use by another relaybal", file=sys.stderr)
+            raise SystemExit(1) from None
+        except OSError as e:
+            print(f"relaybal: global.state_dir: cannot open the spool {path}: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+        self.spool_sink.store = self.spool
+        log.info(
+            "spool {path}: {count} messages queued",
+            path=path,
+            count=len(self.spool.messages()),
+        )
 
     def make_admin_site(self, admin: AdminConfig) -> AdminSite | None:
         """The stats page's site for ``admin`` (None without ``http``); reads the users file.
@@ -208,6 +244,8 @@ class RelaybalService(MultiService):
 
     def startService(self) -> None:
         self._open_listeners()  # `twist` never calls privilegedStartService
+        if any(fc.mode == "relay" and fc.delivery == "spool" for fc in self.config.frontends.values()):
+            self.open_spool()
         super().startService()  # type: ignore[no-untyped-call]
         for monitor in self.health.values():
             monitor.start()
@@ -345,7 +383,14 @@ class RelaybalService(MultiService):
         stopped = super().stopService()  # type: ignore[no-untyped-call]
         # Wait for the listeners to close: a UNIX socket's file is removed only then.
         waits = [d for d in (*closing, stopped) if isinstance(d, Deferred)]
-        return gatherResults(waits).addCallback(lambda _: None)
+        done: Deferred[Any] = gatherResults(waits)
+        spool = self.spool
+        if spool is not None:
+            # Last: commits still in flight finish (or fail) before the spool closes.
+            self.spool = None
+            self.spool_sink.store = None
+            done.addCallback(lambda _: spool.close())
+        return done.addCallback(lambda _: None)
 
 
 def _fork(d: Deferred[bool]) -> Deferred[bool]:

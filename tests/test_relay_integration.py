@@ -36,6 +36,8 @@ def relay_config(
     port: int, directory: Path, *, tls: bool = False, users: bool = False, extra: str = ""
 ) -> str:
     lines = [
+        "[global]",
+        f'state_dir = "{directory / "state"}"',
         "[frontend.apps]",
         'mode = "relay"',
         f'listen = ["tcp:{port}:interface=127.0.0.1:backlog=1024"]',
@@ -151,3 +153,19 @@ def test_proxy_protocol_from_haproxy(
     assert result.returncode == 0, result.stdout + result.stderr
     (line,) = accepted(daemon)
     assert "client=[127.0.0.77]:" in line
+
+
+def test_accepted_mail_is_in_the_spool_after_kill_9(relaybal_factory: Factory, peer_dir: Path) -> None:
+    """Every message answered 250 survives SIGKILL: the restarted daemon finds it queued."""
+    port = free_port()
+    config = relay_config(port, peer_dir)
+    daemon = relaybal_factory(config, wait_ports=[port])
+    done = smtp_source(
+        port, sessions=10, messages=300, size=2048, sender="app@client.test", rcpt="user@example.test"
+    )
+    assert done.returncode == 0, done.stderr  # smtp-source saw 250 for every message
+    daemon.kill()
+    again = relaybal_factory(config, wait_ports=[port])
+    wait_until(lambda: "messages queued" in again.log(), 20, "the spool's start-up line")
+    [line] = [line for line in again.log().splitlines() if "messages queued" in line]
+    assert line.endswith(": 300 messages queued"), line

@@ -32,6 +32,7 @@ test: lint typecheck unit
 bench: $(STAMP)
 	$(BIN)/python bench/splice.py
 	$(BIN)/python bench/relay_receive.py
+	$(BIN)/python bench/spool_commit.py
 
 bench-relay-receive: $(STAMP)
 	$(BIN)/python bench/relay_receive.py

@@ -187,11 +187,11 @@ def _graph(backend: str, server: dict[str, Any]) -> str:
     span_min = round(GRAPH_WIDTH * interval / 60)
     caption = (
         f"<b>{_e(backend)}/{_e(server['name'])}</b> "
-        f'<span class="key-s">■ {sum(sessions)} sessions</span> '
+        f'<span class="key-s">■ {_plural(sum(sessions), "session")}</span> '
         f'<span class="key-b">— {human_bytes(sum(moved))}</span> in the last {span_min} min'
     )
     peaks = (
-        f"peak {max(sessions, default=0)} sessions and {human_bytes(max(moved, default=0))} "
+        f"peak {_plural(max(sessions, default=0), 'session')} and {human_bytes(max(moved, default=0))} "
         f"per {interval:g} s"
     )
     return (
@@ -442,3 +442,8 @@ class AdminSite(Site):
         # Scrapers ask every few seconds; an access line each time would drown the
         # connection log that operators read.
         pass
+
+
+def _plural(count: int, noun: str) -> str:
+    """``1 session``, ``2 sessions``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

@@ -9,7 +9,7 @@ import docutils.utils
 import pytest
 
 ROOT = pathlib.Path(__file__).parent.parent
-PAGES = [ROOT / "README.rst", *sorted((ROOT / "docs").glob("*.rst"))]
+PAGES = [ROOT / "README.rst", ROOT / "bench" / "README.rst", *sorted((ROOT / "docs").glob("*.rst"))]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)

@@ -7,20 +7,14 @@ import sys
 from collections.abc import Sequence
 
 from relaybal import __version__
-from relaybal.config import ConfigError, ConfigFileError, load_config
+from relaybal.config import load_or_report
 
 
 def check_config(path: str) -> int:
     """Validate a file: 0 valid, 1 invalid (every problem printed), 2 unreadable or not TOML."""
-    try:
-        config = load_config(path)
-    except ConfigFileError as e:
-        print(e, file=sys.stderr)
-        return 2
-    except ConfigError as e:
-        for line in e.lines():
-            print(line, file=sys.stderr)
-        return 1
+    config = load_or_report(path)
+    if isinstance(config, int):
+        return config
     print(
         f"{path}: valid ({len(config.frontends)} frontends, {len(config.backends)} backends, "
         f"{len(config.policies)} policies)"
@@ -33,14 +27,8 @@ def ctl(config_path: str, socket_path: str | None, words: Sequence[str], raw: bo
     from relaybal.admin.ctl import run_ctl
 
     if socket_path is None:
-        try:
-            config = load_config(config_path)
-        except ConfigFileError as e:
-            print(e, file=sys.stderr)
-            return 2
-        except ConfigError as e:
-            for line in e.lines():
-                print(line, file=sys.stderr)
+        config = load_or_report(config_path)
+        if isinstance(config, int):
             return 2
         socket_path = config.admin.socket
         if socket_path is None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import sys
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import attrs
 
@@ -771,3 +772,21 @@ def load_config(path: str) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigFileError(f"{path}: not valid TOML: {e}") from None
     return parse_config(data, path)
+
+
+def load_or_report(path: str, stderr: TextIO | None = None) -> Config | int:
+    """Load ``path``, or print every problem (one a line) and return the exit status.
+
+    The status is 2 when the file cannot be read or is not TOML, 1 when it is
+    not a valid configuration: the contract of ``relaybal check-config``.
+    """
+    err = stderr if stderr is not None else sys.stderr
+    try:
+        return load_config(path)
+    except ConfigFileError as e:
+        print(e, file=err)
+        return 2
+    except ConfigError as e:
+        for line in e.lines():
+            print(line, file=err)
+        return 1

@@ -6,30 +6,23 @@ configuration file and build objects from it.
 
 from __future__ import annotations
 
-import sys
 from typing import Any, TextIO
 
 from twisted.application.service import IService
 from twisted.python import usage
 
 from relaybal import logobservers
-from relaybal.config import Config, ConfigError, ConfigFileError, load_config
+from relaybal.config import Config, load_or_report
 
 DEFAULT_CONFIG = "/etc/relaybal/relaybal.toml"
 
 
 def load_or_exit(path: str, stderr: TextIO | None = None) -> Config:
     """Load a configuration or print every problem and exit (1: invalid, 2: unreadable)."""
-    err = stderr if stderr is not None else sys.stderr
-    try:
-        return load_config(path)
-    except ConfigFileError as e:
-        print(e, file=err)
-        raise SystemExit(2) from None
-    except ConfigError as e:
-        for line in e.lines():
-            print(line, file=err)
-        raise SystemExit(1) from None
+    config = load_or_report(path, stderr)
+    if isinstance(config, int):
+        raise SystemExit(config)
+    return config
 
 
 class Options(usage.Options):

@@ -27,3 +27,27 @@ def in_networks(host: str, networks: Sequence[IPNetwork]) -> bool:
     except ValueError:
         return False
     return any(ip.version == n.version and ip in n for n in networks)
+
+
+class ClientCounts(dict[str, int]):
+    """Open sessions per client address, for ``maxconn_per_client``.
+
+    A plain ``{host: count}`` mapping with no zero entries, so its size is the
+    number of distinct clients connected now.
+    """
+
+    def take(self, host: str, limit: int) -> bool:
+        """Count one more session from ``host``; False (and nothing counted) at ``limit``."""
+        count = self.get(host, 0)
+        if count >= limit:
+            return False
+        self[host] = count + 1
+        return True
+
+    def release(self, host: str) -> None:
+        """A session counted by :meth:`take` ended."""
+        left = self[host] - 1
+        if left:
+            self[host] = left
+        else:
+            del self[host]

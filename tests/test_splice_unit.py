@@ -391,3 +391,15 @@ def test_linger_is_cancelled_when_the_server_closes_in_time(capture_log: list[di
     session.connectionLost(Failure(error.ConnectionDone()))
     proto.connectionLost(Failure(error.ConnectionDone()))
     assert h.reactor.getDelayedCalls() == []  # no timer left behind per closed session
+
+
+def test_client_counts_take_and_release() -> None:
+    from relaybal.netaddr import ClientCounts
+
+    counts = ClientCounts()
+    assert counts.take("192.0.2.1", 2) and counts.take("192.0.2.1", 2)
+    assert not counts.take("192.0.2.1", 2)
+    assert counts == {"192.0.2.1": 2}
+    counts.release("192.0.2.1")
+    counts.release("192.0.2.1")
+    assert counts == {}  # no zero entries left behind

@@ -21,6 +21,7 @@ from twisted.python.threadpool import ThreadPool
 
 from relaybal.balance.backend import Backend
 from relaybal.config import FrontendConfig, TLSServerConfig
+from relaybal.netaddr import ClientCounts
 from relaybal.relay.interfaces import IMessageSink, ISessionPolicy
 from relaybal.relay.memory import MemoryMessageSink
 from relaybal.relay.policy import LoopbackRelayPolicy
@@ -129,7 +130,7 @@ class RelayFrontend(Factory):
         self.errors = 0
         self.messages = 0
         self.bytes_in = 0
-        self.per_client: dict[str, int] = {}
+        self.per_client = ClientCounts()
 
     def buildProtocol(self, addr: Any) -> ESMTPServer:
         return ESMTPServer(self)
@@ -156,22 +157,16 @@ class RelayFrontend(Factory):
 
     def count_client(self, host: str, limit: int) -> bool:
         """Count one more session from ``host``; False (and not counted) past ``limit``."""
-        count = self.per_client.get(host, 0)
-        if count >= limit:
-            self.errors += 1
-            return False
-        self.per_client[host] = count + 1
-        return True
+        if self.per_client.take(host, limit):
+            return True
+        self.errors += 1
+        return False
 
     def session_ended(self, session: ESMTPServer) -> None:
         self.current -= 1
         host = session.counted_client
         if host is not None:
-            left = self.per_client[host] - 1
-            if left:
-                self.per_client[host] = left
-            else:
-                del self.per_client[host]
+            self.per_client.release(host)
 
     def message_accepted(self, size: int) -> None:
         self.messages += 1

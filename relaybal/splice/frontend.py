@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from relaybal import proxyproto
 from relaybal.balance.backend import Backend, QueueFull, Server
 from relaybal.config import FrontendConfig
-from relaybal.netaddr import in_networks, peer_ip
+from relaybal.netaddr import ClientCounts, in_networks, peer_ip
 
 log = Logger(namespace="relaybal.splice")
 
@@ -126,7 +126,7 @@ class SpliceFrontend(Factory):
         self.redispatches = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        self.per_client: dict[str, int] = {}
+        self.per_client = ClientCounts()
         self._accepting = True
 
     def buildProtocol(self, addr: Any) -> SpliceSession:
@@ -148,11 +148,7 @@ class SpliceFrontend(Factory):
         self.bytes_in += session.bytes_from_client
         self.bytes_out += session.bytes_to_client
         if session.counted_client is not None:
-            left = self.per_client[session.counted_client] - 1
-            if left:
-                self.per_client[session.counted_client] = left
-            else:
-                del self.per_client[session.counted_client]
+            self.per_client.release(session.counted_client)
         if not self._accepting and self.current < self.config.maxconn:
             self._accepting = True
             for port in self.ports:
@@ -281,11 +277,9 @@ class SpliceSession(Protocol):
         limit = fe.config.maxconn_per_client
         if self.client is not None and limit:
             host = self.client[0]
-            count = fe.per_client.get(host, 0)
-            if count >= limit:
+            if not fe.per_client.take(host, limit):
                 self._refuse(b"421 4.7.0 Too many connections from your address\r\n", "R-")
                 return
-            fe.per_client[host] = count + 1
             self.counted_client = host
         self.state = CONNECTING
         servers = self.backend.usable_count()

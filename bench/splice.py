@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -33,7 +32,7 @@ from peers import (
     haproxy_preamble,
     haproxy_tcp_listen,
     make_peer_dir,
-    smtp_source,
+    smtp_source_rate,
 )
 
 SESSIONS = 50
@@ -41,16 +40,7 @@ SIZE = 1024
 
 
 def rate(port: int, messages: int, reuse: bool) -> float:
-    """Messages per second of one smtp-source run (fails loudly on any error)."""
-    start = time.perf_counter()
-    done = smtp_source(
-        port, sessions=SESSIONS, messages=messages, size=SIZE, reuse=reuse,
-        sender="bench@client.test", rcpt="user@example.test", timeout=600,
-    )  # fmt: skip
-    elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"smtp-source against port {port} failed: {done.stderr.strip()}")
-    return messages / elapsed
+    return smtp_source_rate(port, messages=messages, reuse=reuse, sessions=SESSIONS, size=SIZE)
 
 
 def relaybal_config(port: int, sinks: list[SmtpSink]) -> str:

@@ -11,6 +11,22 @@ import sys
 BIN = pathlib.Path(sys.executable).parent
 
 
+def splice_config(directory: pathlib.Path, listen: str) -> pathlib.Path:
+    """A one-frontend splice config listening on ``listen``, its server on the unused port 9."""
+    config = directory / "r.toml"
+    config.write_text(
+        f'[frontend.a]\nmode = "splice"\nlisten = ["{listen}"]\nbackend = "mx"\n'
+        '[[backend.mx.server]]\nname = "a"\naddress = "127.0.0.1:9"\n'
+    )
+    return config
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*args], capture_output=True, text=True, timeout=timeout, check=False)
 
@@ -43,11 +59,7 @@ def test_listen_failure_is_reported_and_exits_1(tmp_path: pathlib.Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        config = tmp_path / "r.toml"
-        config.write_text(
-            f'[frontend.a]\nmode = "splice"\nlisten = ["tcp:{port}:interface=127.0.0.1"]\nbackend = "mx"\n'
-            '[[backend.mx.server]]\nname = "a"\naddress = "127.0.0.1:9"\n'
-        )
+        config = splice_config(tmp_path, f"tcp:{port}:interface=127.0.0.1")
         done = run(str(BIN / "twistd"), "-n", "--pidfile=", "relaybal", "-c", str(config))
     assert done.returncode == 1
     # twistd -n sends stderr to its log on stdout
@@ -58,14 +70,8 @@ def test_listen_failure_is_reported_and_exits_1(tmp_path: pathlib.Path) -> None:
 
 def test_json_log_format(tmp_path: pathlib.Path) -> None:
     """--log-format json: every line of the log is a JSON event."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = tmp_path / "r.toml"
-    config.write_text(
-        f'[frontend.a]\nmode = "splice"\nlisten = ["tcp:{port}:interface=127.0.0.1"]\nbackend = "mx"\n'
-        '[[backend.mx.server]]\nname = "a"\naddress = "127.0.0.1:9"\n'
-    )
+    port = free_tcp_port()
+    config = splice_config(tmp_path, f"tcp:{port}:interface=127.0.0.1")
     proc = subprocess.Popen(
         [str(BIN / "twistd"), "-n", "--pidfile=", "relaybal", "--log-format", "json", "-c", str(config)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -95,11 +101,7 @@ def check_json_log(proc: subprocess.Popen[str]) -> None:
 
 
 def test_systemd_endpoint_without_handed_over_socket(tmp_path: pathlib.Path) -> None:
-    config = tmp_path / "r.toml"
-    config.write_text(
-        '[frontend.a]\nmode = "splice"\nlisten = ["systemd:domain=INET:index=0"]\nbackend = "mx"\n'
-        '[[backend.mx.server]]\nname = "a"\naddress = "127.0.0.1:9"\n'
-    )
+    config = splice_config(tmp_path, "systemd:domain=INET:index=0")
     done = run(str(BIN / "twistd"), "-n", "--pidfile=", "relaybal", "-c", str(config))
     assert done.returncode == 1
     assert (
@@ -110,14 +112,8 @@ def test_systemd_endpoint_without_handed_over_socket(tmp_path: pathlib.Path) -> 
 
 def test_twist_runs_the_plugin(tmp_path: pathlib.Path) -> None:
     """The newer runner: ``twist relaybal -c FILE`` (it logs JSON when not on a terminal)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = tmp_path / "r.toml"
-    config.write_text(
-        f'[frontend.a]\nmode = "splice"\nlisten = ["tcp:{port}:interface=127.0.0.1"]\nbackend = "mx"\n'
-        '[[backend.mx.server]]\nname = "a"\naddress = "127.0.0.1:9"\n'
-    )
+    port = free_tcp_port()
+    config = splice_config(tmp_path, f"tcp:{port}:interface=127.0.0.1")
     proc = subprocess.Popen(
         [str(BIN / "twist"), "relaybal", "-c", str(config)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

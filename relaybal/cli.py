@@ -40,6 +40,17 @@ def ctl(config_path: str, socket_path: str | None, words: Sequence[str], raw: bo
     return run_ctl(socket_path, words, raw=raw, timeout=timeout, out=sys.stdout, err=sys.stderr)
 
 
+#: ``relaybal queue ACTION`` → the runtime API command it sends.
+QUEUE_ACTIONS = {
+    "list": ("show", "queue"),
+    "show": ("show", "message"),
+    "flush": ("flush", "queue"),
+    "hold": ("hold", "message"),
+    "release": ("release", "message"),
+    "delete": ("delete", "message"),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="relaybal", description="SMTP relay balancer")
     parser.add_argument("--version", action="version", version=f"relaybal {__version__}")
@@ -64,6 +75,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
     p.add_argument("words", nargs="+", metavar="COMMAND")
     p = sub.add_parser(
+        "queue",
+        help="list and manage the relay queue through the runtime API socket",
+        description="list: every queued message; show ID: one message's envelope and recipients; "
+        "flush [ID...]: deliver deferred messages now; hold ID...: keep them from delivery; "
+        "release ID...: deliver held ones again; delete ID...: remove without delivery or bounce.",
+    )
+    p.add_argument(
+        "-c", "--config", default="/etc/relaybal/relaybal.toml",
+        help="read the socket path from this file's [admin] socket (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--socket", help="path of the socket (instead of reading the config)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
+    p.add_argument("action", choices=sorted(QUEUE_ACTIONS))
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p = sub.add_parser(
         "import-haproxy",
         help="translate an HAProxy configuration into a relaybal one",
         description="Translate HAProxy's configuration (global, defaults, frontend, backend, listen) "
@@ -79,6 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return import_haproxy(args.file, args.output, stdout=sys.stdout, stderr=sys.stderr)
     if args.command == "ctl":
         return ctl(args.config, args.socket, args.words, args.raw, args.timeout)
+    if args.command == "queue":
+        if args.action in ("show", "hold", "release", "delete") and not args.ids:
+            parser.error(f"queue {args.action} needs at least one queue ID")
+        if args.action == "list" and args.ids:
+            parser.error("queue list takes no queue ID")
+        return ctl(args.config, args.socket, [*QUEUE_ACTIONS[args.action], *args.ids], False, args.timeout)
     if args.command == "check-config":
         return check_config(args.file)
     if args.command == "demo":

@@ -159,6 +159,7 @@ class BackendConfig:
     connections_per_server: int = 4
     max_attempts: int = 20
     max_queue_time: float = 5 * 86400.0
+    retry_schedule: tuple[float, ...] = (60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 3600.0)
 
 
 @attrs.frozen
@@ -245,6 +246,16 @@ def duration(value: object) -> float:
         if m:
             return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     raise _Bad(f'{_show(value)} is not a duration (expected e.g. "5s", "250ms", "1m")')
+
+
+def schedule(value: object) -> tuple[float, ...]:
+    """A non-empty list of durations, each at least one second: ``["1m", "5m", "1h"]``."""
+    if not isinstance(value, list) or not value:
+        raise _Bad(f'{_show(value)} is not a retry schedule (expected a list of durations like ["1m", "1h"])')
+    steps = tuple(duration(v) for v in value)
+    if min(steps) < 1.0:
+        raise _Bad(f"{_show(value)}: every step must be at least 1s")
+    return steps
 
 
 def size(value: object) -> int:
@@ -631,6 +642,7 @@ def _read_backend(name: str, r: _Reader, global_: GlobalConfig) -> BackendConfig
         connections_per_server=r.get("connections_per_server", integer(1, 1000), 4),
         max_attempts=r.get("max_attempts", integer(1), d.max_attempts),
         max_queue_time=r.get("max_queue_time", duration, d.max_queue_time),
+        retry_schedule=r.get("retry_schedule", schedule, d.retry_schedule),
     )
     stick = r.table("stick")
     if stick is not None and stick.ok:

@@ -28,13 +28,16 @@ from relaybal.admin.stats import ProcessView
 from relaybal.admin.web import AdminSite, admin_resource, with_basic_auth
 from relaybal.balance.backend import Backend
 from relaybal.config import AdminConfig, Config, FrontendConfig
+from relaybal.delivery.cutthrough import CutThroughSink
+from relaybal.delivery.pool import Gateways
+from relaybal.delivery.scheduler import Scheduler
 from relaybal.drain import Drainer, open_sessions
 from relaybal.health.checks import HealthMonitor
 from relaybal.relay.frontend import RelayFrontend, RelaySetupError, build_relay_frontend
 from relaybal.relay.interfaces import IMessageSink
 from relaybal.smtp.auth import UsersFile, UsersFileError
 from relaybal.splice.frontend import SpliceFrontend
-from relaybal.spool.sinks import SpoolSink, UnavailableSink
+from relaybal.spool.sinks import SpoolSink
 from relaybal.spool.store import SpoolLocked, SpoolStore
 
 log = Logger(namespace="relaybal")
@@ -75,6 +78,9 @@ class RelaybalService(MultiService):
         # Relay frontends with delivery = "spool" share one spool, opened in startService.
         self.spool: SpoolStore | None = None
         self.spool_sink = SpoolSink()
+        self.scheduler: Scheduler | None = None
+        # Connection pools to the relay gateways, shared by the scheduler and cut-through delivery.
+        self.gateways = Gateways(reactor, hostname=config.global_.hostname, backends=lambda: self.backends)
         for name, fc in config.frontends.items():
             try:
                 self.frontends[name] = self.make_frontend(
@@ -120,7 +126,9 @@ class RelaybalService(MultiService):
         if fc.mode == "splice":
             return SpliceFrontend(fc, backend, self.reactor, hostname)
         sink: IMessageSink = (
-            self.spool_sink if fc.delivery == "spool" else UnavailableSink("Cut-through delivery")
+            self.spool_sink
+            if fc.delivery == "spool"
+            else CutThroughSink(self.gateways, self.relay_backend, self.reactor.seconds, hostname)
         )
         frontend = build_relay_frontend(fc, backend, self.reactor, sink=sink)
         if fc.delivery == "spool" and self.running:  # a reload added the first spooling frontend
@@ -128,11 +136,10 @@ class RelaybalService(MultiService):
         log.warn(
             "frontend {name}: {delivery}{policies}",
             name=fc.name,
-            delivery="accepted messages are stored durably in the spool; delivery to the "
-            "gateways is not available in this version, so they wait there"
+            delivery="accepted messages are stored durably in the spool, then delivered to "
+            f"backend {fc.backend}"
             if fc.delivery == "spool"
-            else 'delivery = "cut-through" is not available in this version: '
-            "messages are refused with 451 4.3.0",
+            else f"cut-through: each message is answered with the reply of a gateway of backend {fc.backend}",
             policies="; policies are not applied yet (only loopback clients may relay)"
             if fc.policies
             else "",
@@ -158,6 +165,21 @@ class RelaybalService(MultiService):
             path=path,
             count=len(self.spool.messages()),
         )
+        self.scheduler = Scheduler(
+            self.spool,
+            self.reactor,
+            hostname=self.config.global_.hostname,
+            backend_for=self.relay_backend,
+            backends=lambda: self.backends,
+            gateways=self.gateways,
+        )
+        if self.running:
+            self.scheduler.start()
+
+    def relay_backend(self, frontend: str) -> Backend | None:
+        """The backend that messages received by relay frontend ``frontend`` go to (None if it is gone)."""
+        found = self.frontends.get(frontend)
+        return found.backend if isinstance(found, RelayFrontend) else None
 
     def make_admin_site(self, admin: AdminConfig) -> AdminSite | None:
         """The stats page's site for ``admin`` (None without ``http``); reads the users file.
@@ -183,7 +205,8 @@ class RelaybalService(MultiService):
 
     def runtime_factory(self) -> RuntimeFactory:
         """A factory for the runtime API socket (its ``reload`` command reloads this service)."""
-        return RuntimeFactory(RuntimeCommands(self.runtime, reload=self._reload_for_cli), self.reactor)
+        commands = RuntimeCommands(self.runtime, reload=self._reload_for_cli, queue=lambda: self.scheduler)
+        return RuntimeFactory(commands, self.reactor)
 
     def privilegedStartService(self) -> None:
         # Listening happens here, before twistd drops privileges (port 25 needs root).
@@ -249,6 +272,8 @@ class RelaybalService(MultiService):
         super().startService()  # type: ignore[no-untyped-call]
         for monitor in self.health.values():
             monitor.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
         self.history.start()
         if not self.admin_auth_pool.started:
             self.admin_auth_pool.start()
@@ -384,6 +409,12 @@ class RelaybalService(MultiService):
         # Wait for the listeners to close: a UNIX socket's file is removed only then.
         waits = [d for d in (*closing, stopped) if isinstance(d, Deferred)]
         done: Deferred[Any] = gatherResults(waits)
+        scheduler = self.scheduler
+        if scheduler is not None:
+            # Running deliveries finish (their outcomes are stored) before the spool closes.
+            self.scheduler = None
+            done.addCallback(lambda _: scheduler.stop())
+        done.addCallback(lambda _: self.gateways.close())
         spool = self.spool
         if spool is not None:
             # Last: commits still in flight finish (or fail) before the spool closes.

@@ -24,6 +24,8 @@ from relaybal.admin import stats
 from relaybal.admin.stats import ProcessView
 from relaybal.balance.backend import MAINT, READY, Backend, Server
 from relaybal.config import ADMIN_STATES
+from relaybal.delivery import queueadmin
+from relaybal.delivery.scheduler import Scheduler
 
 log = Logger(namespace="relaybal.admin")
 
@@ -136,11 +138,16 @@ class RuntimeCommands:
     """
 
     def __init__(
-        self, view: ProcessView, reload: Callable[[], tuple[bool, Sequence[str]]] | None = None
+        self,
+        view: ProcessView,
+        reload: Callable[[], tuple[bool, Sequence[str]]] | None = None,
+        queue: Callable[[], Scheduler | None] | None = None,
     ) -> None:
         self.view = view
         self._reload = reload
         """Reloads the configuration: (applied?, lines saying what changed or what is wrong)."""
+        self._queue = queue
+        """The delivery scheduler of the relay spool (None without one)."""
 
     # -- entry points
 
@@ -380,6 +387,48 @@ class RuntimeCommands:
             return Answer(("Reload refused; the running configuration is unchanged:", *lines), ERROR)
         return Answer(tuple(lines) or ("Reloaded.",), INFO)
 
+    # -- the relay queue
+
+    def _scheduler(self) -> Scheduler | Answer:
+        scheduler = self._queue() if self._queue is not None else None
+        if scheduler is None:
+            return error("No queue: no relay frontend with delivery = \"spool\" is running.")
+        return scheduler
+
+    def show_queue(self, args: list[str], session: CliSession) -> Answer:
+        scheduler = self._scheduler()
+        if isinstance(scheduler, Answer):
+            return scheduler
+        return Answer(tuple(queueadmin.queue_lines(scheduler, self.view.clock.seconds())))
+
+    def show_message(self, args: list[str], session: CliSession) -> Answer:
+        scheduler = self._scheduler()
+        if isinstance(scheduler, Answer):
+            return scheduler
+        if len(args) != 1:
+            return error("Require a queue ID.")
+        lines = queueadmin.message_lines(scheduler, args[0])
+        return Answer(tuple(lines)) if lines is not None else error(f"No such message: {args[0]}.")
+
+    def _queue_action(self, action: str, args: list[str]) -> Answer:
+        scheduler = self._scheduler()
+        if isinstance(scheduler, Answer):
+            return scheduler
+        ok, text = queueadmin.act(scheduler, action, args)
+        return Answer((text,), INFO if ok else ERROR)
+
+    def flush_queue(self, args: list[str], session: CliSession) -> Answer:
+        return self._queue_action("flush", args)
+
+    def hold_message(self, args: list[str], session: CliSession) -> Answer:
+        return self._queue_action("hold", args)
+
+    def release_message(self, args: list[str], session: CliSession) -> Answer:
+        return self._queue_action("release", args)
+
+    def delete_message(self, args: list[str], session: CliSession) -> Answer:
+        return self._queue_action("delete", args)
+
     def set_severity_output(self, args: list[str], session: CliSession) -> Answer:
         if len(args) != 1 or args[0] not in ("none", "number", "string"):
             return error("one of 'none', 'number', 'string' is expected")
@@ -488,6 +537,30 @@ COMMANDS: tuple[_Command, ...] = (
     _Command(
         ("reload",), "reload", "re-read the configuration file and apply it (as SIGHUP does)",
         RuntimeCommands.reload, True,
+    ),
+    _Command(
+        ("show", "queue"), "show queue", "list the relay queue (one message per line)",
+        RuntimeCommands.show_queue,
+    ),
+    _Command(
+        ("show", "message"), "show message <queue_id>", "report a queued message's envelope and recipients",
+        RuntimeCommands.show_message,
+    ),
+    _Command(
+        ("flush", "queue"), "flush queue [<queue_id>...]", "deliver deferred messages (all, or these) now",
+        RuntimeCommands.flush_queue, True,
+    ),
+    _Command(
+        ("hold", "message"), "hold message <queue_id>...", "keep messages from delivery until released",
+        RuntimeCommands.hold_message, True,
+    ),
+    _Command(
+        ("release", "message"), "release message <queue_id>...", "deliver held messages again, now",
+        RuntimeCommands.release_message, True,
+    ),
+    _Command(
+        ("delete", "message"), "delete message <queue_id>...", "remove messages without delivery or bounce",
+        RuntimeCommands.delete_message, True,
     ),
     _Command(
         ("set", "severity-output"), "set severity-output [none|number|string]",

@@ -89,6 +89,8 @@ def readable(block: Sequence[str]) -> list[str]:
     if first == "1" and len(block) > 1 and block[1].startswith("# be_id "):
         header = block[1][2:].split()
         return align([header, *(line.split() for line in block[2:])])
+    if first.startswith("# queue_id "):
+        return align([first[2:].split(), *(line.split() for line in block[1:])])
     if first.startswith("# table:") and len(block) > 1:
         return [first, *_entries_table(block[1:])]
     return list(block)

@@ -95,9 +95,10 @@ class World:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.offloader = ManualOffloader()
-        self.store = SpoolStore.open(str(tmp_path / "spool"), offloader=self.offloader, clock=self.clock.seconds)
+        path = str(tmp_path / "spool")
+        self.store = SpoolStore.open(path, offloader=self.offloader, clock=self.clock.seconds)
         servers = tuple(
-            ServerConfig(name=n, address=Address("127.0.0.1", 2500 + i), weight=(weights or (1,) * len(names))[i])
+            ServerConfig(name=n, address=Address("127.0.0.1", 2500 + i), weight=weights[i] if weights else 1)
             for i, n in enumerate(names)
         )
         self.backend = Backend(BackendConfig(name="gateways", servers=servers, **backend), self.clock)
@@ -411,7 +412,8 @@ def test_queue_listing(world: World) -> None:
     assert fields[0] == queue_id and fields[1] == "deferred" and fields[4] == "<app@example.test>"
     assert len(fields) == len(lines[0].split()) - 1
     shown = message_lines(world.scheduler, queue_id)
-    assert shown is not None and any(line.startswith("recipient: <user@example.org> deferred") for line in shown)
+    assert shown is not None
+    assert any(line.startswith("recipient: <user@example.org> deferred") for line in shown)
     assert message_lines(world.scheduler, "NOSUCH") is None
 
 
@@ -488,7 +490,8 @@ def test_transaction_carries_the_envelope(world: World) -> None:
     (_, txn), = world.seen
     assert txn.queue_id == queue_id and txn.sender == "app@example.test"
     assert txn.recipients == ("user@example.org",) and txn.body_type == "8BITMIME"
-    assert txn.client is not None and txn.client.addr == "192.0.2.10" and txn.client.helo == "app.example.test"
+    assert txn.client is not None
+    assert txn.client.addr == "192.0.2.10" and txn.client.helo == "app.example.test"
     assert txn.size == len(b"Subject: x\r\n\r\n.dot line\r\n")
 
 

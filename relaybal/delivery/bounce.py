@@ -169,7 +169,9 @@ def build_bounce(
     :func:`original_headers`); ``original_envelope_id`` is the ENVID the
     client gave. ``smtputf8`` says the message came with SMTPUTF8, so the
     report may (and does) use the RFC 6533 types and raw UTF-8; the result is
-    then 8-bit when anything in it is, and otherwise pure ASCII.
+    then 8-bit when anything in it is. Without it the result is pure ASCII,
+    unless ``sender`` itself is not: an address cannot be encoded, so it goes
+    into ``To:`` as it is (such a sender only comes with SMTPUTF8 anyway).
 
     Raises ValueError when ``recipients`` is empty.
     """

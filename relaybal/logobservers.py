@@ -14,9 +14,11 @@ rotation on ``SIGUSR1``.
 
 from __future__ import annotations
 
+import atexit
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from twisted.logger import (
@@ -52,10 +54,14 @@ def _open_log() -> IO[str]:
 class FastTextObserver:
     """twistd's text format, with a fast path for pre-formatted ``{line}`` events."""
 
-    def __init__(self, out: IO[str]) -> None:
+    def __init__(self, out: IO[str], defer_flush: Callable[[Callable[[], None]], bool] | None = None) -> None:
         self.out = out
         self._second = -1
         self._stamp = ""
+        # ``defer_flush(f)`` schedules ``f`` for the end of this reactor iteration and says
+        # whether it did: lines logged in one iteration then go out in one write.
+        self._defer_flush = defer_flush
+        self._pending: list[str] = []
 
     def _time(self, when: float) -> str:
         second = int(when)
@@ -76,13 +82,35 @@ class FastTextObserver:
             if classic is None:
                 return
             text = classic
-        self.out.write(text)
-        self.out.flush()
+        pending = self._pending
+        pending.append(text)
+        if len(pending) == 1 and (self._defer_flush is None or not self._defer_flush(self.flush)):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write out the lines logged so far."""
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending.clear()
+            self.out.write(text)
+            self.out.flush()
+
+
+def _flush_at_end_of_iteration(flush: Callable[[], None]) -> bool:
+    from twisted.internet import reactor
+    from twisted.python.threadable import isInIOThread
+
+    if not reactor.running or not isInIOThread():
+        return False
+    reactor.callLater(0, flush)
+    return True
 
 
 def text_log_observer() -> ILogObserver:
     """twistd ``--logger`` factory for ``--log-format text``."""
-    return FastTextObserver(_open_log())
+    observer = FastTextObserver(_open_log(), _flush_at_end_of_iteration)
+    atexit.register(observer.flush)
+    return observer
 
 
 def json_log_observer() -> ILogObserver:

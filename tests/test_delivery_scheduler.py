@@ -458,7 +458,8 @@ def test_leastconn_prefers_the_gateway_with_fewest_in_flight(tmp_path: Any) -> N
     w.queue(60)
     w.settle()
     pool = w.pools.pool(w.backend.servers[0])
-    assert len(slow) == pool.size and len(w.store) == pool.in_flight <= pool.capacity
+    # The hung gateway keeps what it was given; everything else goes to the gateways that finish.
+    assert 1 <= len(slow) == pool.in_flight == len(w.store) <= pool.capacity
     assert w.delivered_to()["gw2"] + w.delivered_to()["gw3"] == 60 - pool.in_flight
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 from twisted.logger import LogLevel, formatEventAsClassicLogText
 
@@ -39,3 +40,25 @@ def test_other_events_use_twisted_formatting() -> None:
     for e in events:
         observer(e)
     assert out.getvalue() == "".join(formatEventAsClassicLogText(e) or "" for e in events)
+
+
+def test_lines_of_one_iteration_go_out_in_one_write() -> None:
+    writes: list[str] = []
+
+    class Out(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+    later: list[Callable[[], None]] = []
+
+    def defer(flush: Callable[[], None]) -> bool:
+        later.append(flush)
+        return True
+
+    observer = FastTextObserver(Out(), defer)
+    for n in range(3):
+        observer({"log_format": "{line}", "line": f"line {n}", "log_time": 0.0, "log_system": "t"})
+    assert writes == [] and len(later) == 1  # one flush scheduled for the three lines
+    later[0]()
+    assert len(writes) == 1 and writes[0].count("\n") == 3

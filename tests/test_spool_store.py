@@ -35,9 +35,9 @@ class Harness:
         self.store = self.open()
 
     def open(self) -> SpoolStore:
-        return SpoolStore.open(
-            self.directory, offloader=self.pool, disk=self.disk, clock=self.now, **self.options
-        )
+        # Without the body cache unless a test asks for it: reads go to the disk.
+        options = {"body_cache": 0, **self.options}
+        return SpoolStore.open(self.directory, offloader=self.pool, disk=self.disk, clock=self.now, **options)
 
     def now(self) -> float:
         self.clock += 0.001
@@ -522,3 +522,24 @@ def test_the_inspection_command_lists_and_shows_messages(h: Harness, capsysbinar
     shown = capsysbinary.readouterr().out
     assert shown.endswith(b"\n\nSubject: look\r\n\r\nat me\r\n") and b"sender: <app@example.test>" in shown
     assert main([h.directory, "NOSUCHID"]) == 1
+
+
+def test_committed_inline_bodies_are_read_from_memory(tmp_path: Path) -> None:
+    h = Harness(tmp_path, body_cache=3000)  # room for two of the four bodies
+    bodies = [bytes([65 + i]) * 1000 + b"\r\n" for i in range(4)]
+    ids = []
+    for body in bodies:
+        queue_id, d = h.send(body)
+        h.pool.run_all()
+        assert d.called
+        ids.append(queue_id)
+    # The cache keeps the newest bodies within its size: the oldest is read from disk.
+    for queue_id, body in zip(ids, bodies, strict=True):
+        out: list[bytes] = []
+        h.store.read_body(queue_id).addCallback(out.append)
+        h.pool.run_all()
+        assert out == [body]
+    assert h.store.stats.cache_hits == 2
+    h.store.remove(ids[-1])
+    h.pool.run_all()
+    assert ids[-1] not in h.store and h.store._cached == len(bodies[2])

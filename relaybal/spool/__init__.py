@@ -7,10 +7,11 @@ tests.
 """
 
 from relaybal.spool.message import QueuedMessage, RecipientState, RecipientStatus
-from relaybal.spool.store import BodyReader, SpoolLocked, SpoolStore, SpoolWriter
+from relaybal.spool.store import BodyReader, CachedBodyReader, SpoolLocked, SpoolStore, SpoolWriter
 
 __all__ = [
     "BodyReader",
+    "CachedBodyReader",
     "QueuedMessage",
     "RecipientState",
     "RecipientStatus",

@@ -98,6 +98,8 @@ class SpoolStats:
     blocking_writes: int = 0
     moved: int = 0
     segments_removed: int = 0
+    #: bodies handed out from memory (no disk read)
+    cache_hits: int = 0
 
 
 @attrs.define(eq=False)
@@ -117,6 +119,8 @@ class _CommitItem:
     message: QueuedMessage
     record: Append
     d: Deferred[str]
+    body: bytes | None = None
+    """An inline body, kept in the body cache once committed."""
 
 
 @attrs.define(eq=False)
@@ -234,7 +238,7 @@ class SpoolWriter:
             self._chunks = []
             message = self._message(None)
             data, body_at = fmt.encode_message(message, body)
-            store._enqueue_commit(_CommitItem(self, message, Append(data, body_at, self.queue_id), d))
+            store._enqueue_commit(_CommitItem(self, message, Append(data, body_at, self.queue_id), d, body))
             return d
 
         def finish() -> None:
@@ -325,6 +329,28 @@ class BodyReader:
             self.store._reader_closed(self._live, self._pin)
 
 
+class CachedBodyReader:
+    """A :class:`BodyReader` for a body still held in memory (no disk read, no thread)."""
+
+    def __init__(self, queue_id: str, body: bytes) -> None:
+        self.queue_id = queue_id
+        self.size = len(body)
+        self.position = 0
+        self.closed = False
+        self._body = body
+
+    def read(self, size: int = 256 * 1024) -> Deferred[bytes]:
+        """The next at most ``size`` octets; ``b""`` at the end."""
+        if self.closed:
+            raise RuntimeError("read after close")
+        start = self.position
+        self.position = min(self.size, start + size)
+        return succeed(self._body[start : self.position])
+
+    def close(self) -> None:
+        self.closed = True
+
+
 @implementer(IMessageSink)
 class SpoolStore:
     """A spool directory opened by this process (see :meth:`open`).
@@ -358,6 +384,7 @@ class SpoolStore:
         spill_chunk: int,
         keep_sealed: int,
         owns_offloader: bool,
+        body_cache: int = 32 * 1024 * 1024,
     ) -> None:
         self.directory = directory
         self.disk = disk
@@ -367,6 +394,11 @@ class SpoolStore:
         self.spill_chunk = spill_chunk
         self.keep_sealed = keep_sealed
         self.stats = SpoolStats()
+        # Inline bodies of recently committed messages, oldest first, so that delivering
+        # them needs no disk read (bounded by body_cache bytes).
+        self.body_cache = body_cache
+        self._bodies: dict[str, bytes] = {}
+        self._cached = 0
         self.on_queued: list[Callable[[QueuedMessage], None]] = []
         self._offloader = offloader
         self._owns_offloader = owns_offloader
@@ -415,6 +447,7 @@ class SpoolStore:
         max_buffered: int = 1024 * 1024,
         spill_chunk: int = 256 * 1024,
         keep_sealed: int = 1,
+        body_cache: int = 32 * 1024 * 1024,
     ) -> SpoolStore:
         """Lock, recover and open the spool in ``directory`` (created if missing). Blocking: call at start-up.
 
@@ -422,7 +455,9 @@ class SpoolStore:
         new thread pool of ``threads`` threads reporting to ``reactor``.
         ``segment_size`` is the size past which a new segment is started;
         ``keep_sealed`` how many full segments are left alone before the
-        oldest one's live messages are copied forward. Raises
+        oldest one's live messages are copied forward. ``body_cache`` bytes
+        of recently committed inline bodies are kept in memory for
+        :meth:`open_body` (0: none). Raises
         :class:`SpoolLocked` if another process has the spool open, and
         :class:`OSError` if it cannot be read or written.
         """
@@ -473,6 +508,7 @@ class SpoolStore:
             spill_chunk=spill_chunk,
             keep_sealed=keep_sealed,
             owns_offloader=owns,
+            body_cache=body_cache,
         )
 
     # --- IMessageSink -------------------------------------------------------------
@@ -503,9 +539,13 @@ class SpoolStore:
         """The queued message ``queue_id`` (:class:`KeyError` if there is none)."""
         return self._index[queue_id].message
 
-    def open_body(self, queue_id: str) -> BodyReader:
+    def open_body(self, queue_id: str) -> BodyReader | CachedBodyReader:
         """A reader for the body of ``queue_id`` (:class:`KeyError` if there is none)."""
         live = self._index[queue_id]
+        cached = self._bodies.get(queue_id)
+        if cached is not None:
+            self.stats.cache_hits += 1
+            return CachedBodyReader(queue_id, cached)
         live.readers += 1
         message = live.message
         if message.body_file is not None:
@@ -552,6 +592,7 @@ class SpoolStore:
         """
         live = self._index.pop(queue_id)
         live.removed = True
+        self._uncache_body(queue_id)
         self._drop_member(live)
         d: Deferred[None] = Deferred()
         self._pending.append(_RecordItem(Append(fmt.encode_ids(fmt.KIND_DONE, [queue_id])), d, done=live))
@@ -559,6 +600,20 @@ class SpoolStore:
         return d
 
     # --- flushing -----------------------------------------------------------------
+
+    def _cache_body(self, queue_id: str, body: bytes) -> None:
+        if len(body) > self.body_cache:
+            return
+        self._bodies[queue_id] = body
+        self._cached += len(body)
+        while self._cached > self.body_cache:
+            oldest = next(iter(self._bodies))
+            self._cached -= len(self._bodies.pop(oldest))
+
+    def _uncache_body(self, queue_id: str) -> None:
+        body = self._bodies.pop(queue_id, None)
+        if body is not None:
+            self._cached -= len(body)
 
     def _submit(self, f: Callable[..., T], *args: object) -> Deferred[T]:
         d = self._offloader.submit(f, *args)
@@ -698,6 +753,8 @@ class SpoolStore:
                 self._writers.pop(writer.queue_id, None)
                 live = _Live(item.message, location)
                 self._index[writer.queue_id] = live
+                if item.body is not None:
+                    self._cache_body(writer.queue_id, item.body)
                 self._add_member(live)
                 stats.commits += 1
                 stats.bytes += item.message.size

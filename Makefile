@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/splice.py
 	$(BIN)/python bench/relay_receive.py
 	$(BIN)/python bench/spool_commit.py
+	$(BIN)/python bench/relay_e2e.py
 
 bench-relay-receive: $(STAMP)
 	$(BIN)/python bench/relay_receive.py

@@ -164,10 +164,18 @@ class BackendConfig:
 
 @attrs.frozen
 class PolicyConfig:
+    """A ``[policy.NAME]`` table: ``options`` are the plugin's own keys, ``settings`` what it made of them.
+
+    ``default_action`` is a :class:`relaybal.policy.verdicts.Verdict` (None: the
+    default, defer ``451 4.3.0``).
+    """
+
     name: str
     plugin: str
     options: Mapping[str, Any] = attrs.field(factory=dict)
     timeout: float = 10.0
+    default_action: Any = None
+    settings: Any = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -682,11 +690,41 @@ def _read_backend(name: str, r: _Reader, global_: GlobalConfig) -> BackendConfig
 
 
 def _read_policy(name: str, r: _Reader) -> PolicyConfig:
+    # Imported here: the policy package uses this module's converters.
+    from relaybal.policy import discovery, verdicts
+    from relaybal.policy import options as policy_options
+
     plugin = r.require("plugin", text, "")
     timeout = r.get("timeout", duration, 10.0)
-    options = {k: v for k, v in r.items() if k not in ("plugin", "timeout")}
-    # The plugin validates its own options (see relaybal.policy); here they pass through.
-    return PolicyConfig(name=name, plugin=plugin, options=options, timeout=timeout)
+    if r.has("timeout") and timeout <= 0:
+        r.error("timeout", "must be greater than zero")
+        timeout = 10.0
+
+    def action(value: object) -> Any:
+        try:
+            return verdicts.parse_action(value)
+        except ValueError as e:
+            raise _Bad(str(e)) from None
+
+    default_action = r.get("default_action", action, None)
+    options = {k: v for k, v in r.items() if k not in ("plugin", "timeout", "default_action")}
+    r.used.update(options)
+    settings = None
+    if plugin:
+        # The plugin validates its own options; its problems are reported under policy.NAME.
+        try:
+            settings = discovery.parse_policy_options(plugin, options)
+        except discovery.PluginNotFound as e:
+            r.error("plugin", str(e))
+        except policy_options.OptionsError as e:
+            for problem in e.problems:
+                r.error(problem.key, problem.message)
+        except Exception as e:  # a plugin's own bug must not hide the rest of the report
+            r.error("plugin", f"{_show(plugin)} failed to check its options: {e!r}")
+    return PolicyConfig(
+        name=name, plugin=plugin, options=options, timeout=timeout, default_action=default_action,
+        settings=settings,
+    )  # fmt: skip
 
 
 def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
@@ -760,6 +798,8 @@ def _check_listeners(
     if admin.http:
         places.append(("admin.http", admin.http))
     for path, ep in places:
+        if re.match(r"^tcp6?:0(:|$)", ep):
+            continue  # port 0: each gets a free port of its own
         if ep in seen:
             problems.append(Problem(path, f"{_show(ep)} is already used by {seen[ep]}"))
         else:

@@ -1,9 +1,12 @@
 """``relaybal demo``: the main job on built-in defaults, with nothing else installed.
 
-Starts two of relaybal's own SMTP sinks, the real relaybal service in splice mode
-in front of them, sends a burst of mail through it with a progress bar, prints how
-many connections each server took, and keeps running until Ctrl-C (or exits after
-the table with ``--once``).
+Starts five of relaybal's own SMTP sinks and the real relaybal service with two
+frontends: a splice frontend balancing **connections** over two servers, and a
+relay frontend that stores each message in a durable spool (in a temporary
+directory) and spreads **messages** over three gateways. It sends a burst of
+mail through each with a progress bar, prints how many connections and
+messages each server took, and keeps running with its stats page until
+Ctrl-C (or exits after the tables with ``--once``).
 """
 
 from __future__ import annotations
@@ -107,16 +110,27 @@ def send_burst(reactor: Any, port: int, messages: int, out: TextIO) -> defer.Def
     return result
 
 
-def demo_config(sink_ports: list[int]) -> dict[str, Any]:
-    """The demo's configuration: one splice frontend, two equal servers, banner checked."""
+def demo_config(sink_ports: list[int], gateway_ports: list[int], state_dir: str) -> dict[str, Any]:
+    """The demo's configuration.
+
+    A splice frontend over two equal servers (banner checked), a relay frontend
+    (durable spool in ``state_dir``) over three equal gateways, and the stats
+    page on a free loopback port.
+    """
     return {
-        "global": {"hostname": "relaybal-demo.invalid", "state_dir": tempfile.gettempdir()},
+        "global": {"hostname": "relaybal-demo.invalid", "state_dir": state_dir},
+        "admin": {"http": "tcp:0:interface=127.0.0.1"},
         "frontend": {
             "demo": {
                 "mode": "splice",
                 "listen": ["tcp:0:interface=127.0.0.1"],
                 "backend": "sinks",
-            }
+            },
+            "apps": {
+                "mode": "relay",
+                "listen": ["tcp:0:interface=127.0.0.1"],
+                "backend": "gateways",
+            },
         },
         "backend": {
             "sinks": {
@@ -126,9 +140,44 @@ def demo_config(sink_ports: list[int]) -> dict[str, Any]:
                     {"name": f"sink{i + 1}", "address": f"127.0.0.1:{p}"}
                     for i, p in enumerate(sink_ports)
                 ],
-            }
+            },
+            "gateways": {
+                "balance": "roundrobin",
+                "check": {"kind": "smtp", "interval": "1s"},
+                "server": [
+                    {"name": f"gw{i + 1}", "address": f"127.0.0.1:{p}"}
+                    for i, p in enumerate(gateway_ports)
+                ],
+            },
         },
     }
+
+
+def gateway_table(service: RelaybalService, gateways: list[SinkFactory]) -> str:
+    """Messages per gateway: what the scheduler delivered, and what each gateway received."""
+    backend = service.backends["gateways"]
+    counters = [service.gateways.counters_of(server) for server in backend.servers]
+    total = sum(c.messages for c in counters) or 1
+    rows = [
+        f"  {'gateway':<8} {'address':<18} {'weight':>6} {'messages':>8} {'share':>7} "
+        f"{'bytes':>8} {'messages at gateway':>19}"
+    ]
+    for server, counter, sink in zip(backend.servers, counters, gateways, strict=True):
+        rows.append(
+            f"  {server.name:<8} {server.config.address!s:<18} {server.weight:>6} {counter.messages:>8} "
+            f"{100 * counter.messages / total:>6.1f}% {counter.bytes:>8} {sink.messages:>19}"
+        )
+    return "\n".join(rows)
+
+
+async def _delivered(reactor: Any, service: RelaybalService, gateways: list[SinkFactory], count: int) -> bool:
+    """Wait (at most 30 s) until the spool is empty and the gateways hold ``count`` messages."""
+    for _ in range(600):
+        spool = service.spool
+        if spool is not None and len(spool) == 0 and sum(g.messages for g in gateways) >= count:
+            return True
+        await task.deferLater(reactor, 0.05, lambda: None)
+    return False
 
 
 def table(service: RelaybalService, sinks: list[SinkFactory]) -> str:
@@ -146,14 +195,21 @@ def table(service: RelaybalService, sinks: list[SinkFactory]) -> str:
     return "\n".join(rows)
 
 
+async def _listen(reactor: Any, factories: list[SinkFactory]) -> list[int]:
+    ports = []
+    for factory in factories:
+        port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        ports.append(port.getHost().port)
+    return ports
+
+
 async def _demo(reactor: Any, once: bool, messages: int, out: TextIO) -> int:
     sinks = [SinkFactory(f"sink{i + 1}.invalid") for i in range(2)]
-    sink_ports = []
-    for sink in sinks:
-        port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(sink)
-        sink_ports.append(port.getHost().port)
-    config = parse_config(demo_config(sink_ports), "<demo>")
+    gateways = [SinkFactory(f"gw{i + 1}.invalid") for i in range(3)]
+    sink_ports = await _listen(reactor, sinks)
+    gateway_ports = await _listen(reactor, gateways)
     logdir = tempfile.mkdtemp(prefix="relaybal-demo-")
+    config = parse_config(demo_config(sink_ports, gateway_ports, os.path.join(logdir, "state")), "<demo>")
     logpath = os.path.join(logdir, "relaybal.log")
     globalLogBeginner.beginLoggingTo(
         [textFileLogObserver(open(logpath, "a", encoding="utf-8"))],  # noqa: SIM115
@@ -169,15 +225,32 @@ async def _demo(reactor: Any, once: bool, messages: int, out: TextIO) -> int:
     )
     ok = await send_burst(reactor, port, messages, out)
     out.write(f"  {ok} of {messages} messages accepted\n\n{table(service, sinks)}\n\n")
-    out.write(f"  connection log (HAProxy tcplog style): {logpath}\n")
+    out.write(f"  connection log (HAProxy tcplog style): {logpath}\n\n")
+
+    relay_port = service.frontends["apps"].ports[0].getHost().port  # type: ignore[attr-defined]
+    out.write(
+        f"relaybal demo: relay frontend on 127.0.0.1:{relay_port} → spool → "
+        + ", ".join(f"gw{i + 1} 127.0.0.1:{p}" for i, p in enumerate(gateway_ports))
+        + " (roundrobin over messages)\n"
+    )
+    relayed = await send_burst(reactor, relay_port, messages, out)
+    delivered = await _delivered(reactor, service, gateways, relayed)
+    out.write(
+        f"  {relayed} of {messages} messages accepted (each answered 250 once on disk), "
+        f"{'all' if delivered else 'NOT all'} delivered\n\n{gateway_table(service, gateways)}\n\n"
+    )
+    http = service.admin_ports.get("http")
+    if http is not None:
+        web = http.getHost().port  # type: ignore[attr-defined]
+        out.write(f"  stats page: http://127.0.0.1:{web}/  (also /stats.json, /metrics)\n")
     if not once:
         out.write(
-            f"relaybal keeps running: try `swaks --server 127.0.0.1:{port} --to you@example.com`."
-            " Ctrl-C stops it.\n"
+            f"relaybal keeps running: try `swaks --server 127.0.0.1:{relay_port} --to you@example.com`"
+            f" (relay) or port {port} (splice). Ctrl-C stops it.\n"
         )
         await defer.Deferred()  # until Ctrl-C stops the reactor
     await defer.maybeDeferred(service.stopService)
-    return 0 if ok == messages else 1
+    return 0 if ok == messages and relayed == messages and delivered else 1
 
 
 def run_demo(once: bool = False, messages: int = 200, out: TextIO | None = None) -> int:

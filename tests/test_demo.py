@@ -28,3 +28,18 @@ def test_demo_once_delivers_and_prints_the_table() -> None:
         line for line in pathlib.Path(logfile.group(1)).read_text().splitlines() if "relaybal.splice" in line
     ]
     assert len(lines) == 60 and all(" -- " in line for line in lines)
+
+
+def test_demo_once_relays_messages_evenly_over_three_gateways() -> None:
+    done = subprocess.run(
+        [str(BIN / "relaybal"), "demo", "--once", "--messages", "60"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "60 of 60 messages accepted (each answered 250 once on disk), all delivered" in out
+    rows = re.findall(r"^\s+(gw\d)\s+127\.0\.0\.1:\d+\s+1\s+(\d+)\s+([\d.]+)%\s+(\d+)\s+(\d+)$", out, re.M)
+    assert [r[0] for r in rows] == ["gw1", "gw2", "gw3"]
+    # Messages, not connections: 20 each, and each gateway received what the scheduler says it delivered.
+    assert [(int(r[1]), int(r[4])) for r in rows] == [(20, 20)] * 3
+    assert re.search(r"stats page: http://127\.0\.0\.1:\d+/", out)

@@ -7,8 +7,12 @@ and how often.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import smtplib
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -287,3 +291,49 @@ def test_cut_through_relays_a_refusal(
     transcript = send_one_message(port, sender="app@client.test", rcpts=["1user@example.test"])
     assert not transcript.accepted
     assert transcript.data is not None and transcript.data.code // 100 == 5, transcript
+
+
+def _queue(peer_dir: Path, *words: str) -> subprocess.CompletedProcess[str]:
+    relaybal = str(Path(sys.executable).parent / "relaybal")
+    return subprocess.run(
+        [relaybal, "queue", "--socket", str(peer_dir / "admin.sock"), *words],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+
+
+def test_queue_commands_through_the_runtime_socket(
+    sink_factory: Callable[..., SmtpSink], relaybal_factory: Callable[..., RelaybalDaemon], peer_dir: Path
+) -> None:
+    refusing = sink_factory(options=["-r", "RCPT"])  # 4xx: every message is deferred
+    daemon, port = start(relaybal_factory, peer_dir, [refusing], admin=True)
+    for n in (1, 2):
+        assert send_one_message(port, sender="app@client.test", rcpts=[f"{n}user@example.test"]).accepted
+
+    def listed() -> list[list[str]]:
+        out = _queue(peer_dir, "list").stdout.splitlines()
+        return [line.split() for line in out[1:]]
+
+    wait_until(lambda: [row[1] for row in listed()] == ["deferred", "deferred"], 30, "two deferred messages")
+    first, second = (row[0] for row in listed())
+    shown = _queue(peer_dir, "show", first)
+    assert shown.returncode == 0 and "recipient: <1user@example.test> deferred attempts=1" in shown.stdout
+    assert _queue(peer_dir, "hold", first).returncode == 0
+    wait_until(lambda: listed()[0][1] == "held", 10, "the first message held")
+    assert _queue(peer_dir, "delete", second).returncode == 0
+    wait_until(lambda: len(listed()) == 1, 10, "the second message deleted")
+    missing = _queue(peer_dir, "show", second)
+    assert missing.returncode == 1 and "No such message" in missing.stderr
+    # The gateway comes back: flush does not touch the held message, release delivers it.
+    good = sink_factory()
+    refusing.stop()
+    config = relay_config(peer_dir, port, [good], admin=True)
+    daemon.config_path.write_text(config)
+    assert daemon.pid is not None
+    os.kill(daemon.pid, signal.SIGHUP)
+    wait_until(lambda: "configuration reloaded" in daemon.log(), 10, "the reload")
+    assert _queue(peer_dir, "flush").returncode == 0
+    assert [row[1] for row in listed()] == ["held"]
+    assert _queue(peer_dir, "release", first).returncode == 0
+    good.wait_for_count(1, 30)
+    wait_until(lambda: listed() == [], 30, "an empty queue")
+    assert numbers_delivered([good]) == Counter({1: 1})

@@ -10,9 +10,14 @@ $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV): install the venv module (apt-get install python3-venv)" >&2; exit 1; }
 	$(BIN)/python -m pip install -q --upgrade pip
 
+EXAMPLE_PLUGIN := examples/relaybal-policy-example
+
 # Editable in "compat" mode: a plain path entry, so twistd finds twisted/plugins/relaybal_plugin.py.
-$(STAMP): $(BIN)/python setup.cfg pyproject.toml
+# The example policy plugin is installed too (it ships relaybal/plugins/relaybal_policy_example.py):
+# the tests prove relaybal finds and applies a separately installed plugin by name.
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml $(EXAMPLE_PLUGIN)/setup.cfg $(EXAMPLE_PLUGIN)/pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	$(BIN)/python -m pip install -q -e $(EXAMPLE_PLUGIN) --config-settings editable_mode=compat
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -34,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/relay_receive.py
 	$(BIN)/python bench/spool_commit.py
 	$(BIN)/python bench/relay_e2e.py
+	$(BIN)/python bench/memory.py
 
 bench-relay-receive: $(STAMP)
 	$(BIN)/python bench/relay_receive.py

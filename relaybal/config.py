@@ -49,10 +49,24 @@ class Address:
 
 
 @attrs.frozen
+class SharedStateConfig:
+    """``[global] shared_state``: the Redis server several relaybal processes share state through."""
+
+    redis: str
+    """``"tcp:HOST:PORT"`` or ``"unix:PATH"``."""
+    key_prefix: str = "relaybal:"
+    timeout: float = 0.2
+    db: int = 0
+    username: str | None = None
+    password_file: str | None = None
+
+
+@attrs.frozen
 class GlobalConfig:
     state_dir: str = "/var/lib/relaybal"
     hostname: str = attrs.field(factory=socket.getfqdn)
     drain_timeout: float = 30.0
+    shared_state: SharedStateConfig | None = None
 
 
 @attrs.frozen
@@ -485,13 +499,47 @@ def _name_ok(reader: _Reader, name: str) -> bool:
 
 def _read_global(r: _Reader) -> GlobalConfig:
     d = GlobalConfig(hostname="")
+    shared = r.table("shared_state")
     g = GlobalConfig(
         state_dir=r.get("state_dir", path_text, d.state_dir),
         hostname=r.get("hostname", hostname, "") or socket.getfqdn(),
         drain_timeout=r.get("drain_timeout", duration, d.drain_timeout),
+        shared_state=_read_shared_state(shared) if shared is not None and shared.ok else None,
     )
     r.finish()
     return g
+
+
+def redis_address(value: object) -> str:
+    """``"tcp:HOST:PORT"`` (``[v6]`` in brackets) or ``"unix:/path"``: where a Redis server listens."""
+    if isinstance(value, str):
+        kind, _, rest = value.partition(":")
+        if kind == "unix" and rest.startswith("/"):
+            return value
+        if kind == "tcp":
+            try:
+                address(rest)
+            except _Bad:
+                pass
+            else:
+                return value
+    raise _Bad(f'{_show(value)} is not a Redis address (expected "tcp:HOST:PORT" or "unix:/PATH")')
+
+
+def _read_shared_state(r: _Reader) -> SharedStateConfig:
+    d = SharedStateConfig(redis="")
+    s = SharedStateConfig(
+        redis=r.require("redis", redis_address, ""),
+        key_prefix=r.get("key_prefix", text, d.key_prefix),
+        timeout=r.get("timeout", duration, d.timeout),
+        db=r.get("db", integer(0, 65535), d.db),
+        username=r.get("username", text, None),
+        password_file=r.get("password_file", path_text, None),
+    )
+    if r.has("timeout") and not 0 < s.timeout <= 60:
+        r.error("timeout", "must be greater than zero and at most 60s")
+    r.finish()
+    return s
 
 
 def _read_admin(r: _Reader) -> AdminConfig:

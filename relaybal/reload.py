@@ -210,11 +210,12 @@ def _prepare(service: RelaybalService, new: Config) -> _Plan:
             and current.config == fc
             and current.backend is backend
             and getattr(fc, "tls", None) is None
+            and all(new.policies.get(p) == old.policies.get(p) for p in fc.policies)
         ):
             frontends[name] = current
             continue
         try:
-            frontends[name] = service.make_frontend(fc, backend, hostname)
+            frontends[name] = service.make_frontend(fc, backend, hostname, new.policies)
         except RelaySetupError as e:
             problems.append(f"{new.source}: {e}")
 
@@ -355,3 +356,7 @@ def _commit(service: RelaybalService, new: Config, plan: _Plan) -> None:
     ]
     service.config = new
     service.runtime.hostname = new.global_.hostname
+    try:
+        service.apply_shared_state()  # [global] shared_state, and the stick tables it shares
+    except Exception as e:
+        log.error("reload: shared_state not changed: {error}", error=e)

@@ -24,7 +24,7 @@ from relaybal.admin.commands import RuntimeCommands
 from relaybal.admin.history import TrafficHistory
 from relaybal.admin.metrics import MetricsResource, make_registry
 from relaybal.admin.runtime import AdminSocketError, RuntimeFactory, listen_admin_socket
-from relaybal.admin.stats import ProcessView
+from relaybal.admin.stats import ProcessView, RelayState
 from relaybal.admin.web import AdminSite, admin_resource, with_basic_auth
 from relaybal.balance.backend import Backend
 from relaybal.config import AdminConfig, Config, FrontendConfig
@@ -35,6 +35,8 @@ from relaybal.drain import Drainer, open_sessions
 from relaybal.health.checks import HealthMonitor
 from relaybal.relay.frontend import RelayFrontend, RelaySetupError, build_relay_frontend
 from relaybal.relay.interfaces import IMessageSink
+from relaybal.shared.metrics import SharedStateCollector
+from relaybal.shared.state import SharedState, SharedStateError
 from relaybal.smtp.auth import UsersFile, UsersFileError
 from relaybal.splice.frontend import SpliceFrontend
 from relaybal.spool.sinks import SpoolSink
@@ -74,6 +76,13 @@ class RelaybalService(MultiService):
         self.rng = rng if rng is not None else random.Random()
         self.handle_signals = handle_signals
         self.backends = {name: Backend(bc, reactor, self.rng) for name, bc in config.backends.items()}
+        # [global] shared_state: stick tables and rate limits shared through Redis (None: all local).
+        self.shared: SharedState | None = None
+        try:
+            self.apply_shared_state()
+        except SharedStateError as e:
+            print(f"relaybal: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
         self.frontends: dict[str, SpliceFrontend | RelayFrontend] = {}
         # Relay frontends with delivery = "spool" share one spool, opened in startService.
         self.spool: SpoolStore | None = None
@@ -97,12 +106,14 @@ class RelaybalService(MultiService):
         # and the runtime API (the view reads self.frontends at each command).
         self.health = {name: HealthMonitor([b], reactor) for name, b in self.backends.items()}
         self.runtime = ProcessView(
-            self.backends, self.frontends, reactor, hostname=config.global_.hostname
-        )
+            self.backends, self.frontends, reactor, hostname=config.global_.hostname,
+            relay=lambda: RelayState(self.gateways, self.scheduler, self.spool),
+        )  # fmt: skip
         # The stats page: traffic history, Prometheus registry (other parts may register
         # collectors of their own in self.metrics), and the site itself.
         self.history = TrafficHistory(self.backends, reactor)
         self.metrics = make_registry(self.runtime)
+        self.metrics.register(SharedStateCollector(lambda: self.shared))
         self.admin_auth_pool = ThreadPool(minthreads=0, maxthreads=1, name="relaybal-admin-auth")
         try:
             self.web: AdminSite | None = self.make_admin_site(config.admin)
@@ -116,12 +127,13 @@ class RelaybalService(MultiService):
         self._drained: Deferred[bool] | None = None
 
     def make_frontend(
-        self, fc: FrontendConfig, backend: Backend, hostname: str
+        self, fc: FrontendConfig, backend: Backend, hostname: str, policies: Any = None
     ) -> SpliceFrontend | RelayFrontend:
         """The frontend object for ``fc`` (at start-up and when a reload changes it).
 
-        Raises :class:`RelaySetupError` when a relay frontend's certificate or
-        users file cannot be loaded.
+        ``policies`` are the ``[policy.NAME]`` tables its ``policies`` name (default:
+        the running configuration's). Raises :class:`RelaySetupError` when a relay
+        frontend's certificate, users file or policy chain cannot be loaded.
         """
         if fc.mode == "splice":
             return SpliceFrontend(fc, backend, self.reactor, hostname)
@@ -130,7 +142,10 @@ class RelaybalService(MultiService):
             if fc.delivery == "spool"
             else CutThroughSink(self.gateways, self.relay_backend, self.reactor.seconds, hostname)
         )
-        frontend = build_relay_frontend(fc, backend, self.reactor, sink=sink)
+        frontend = build_relay_frontend(
+            fc, backend, self.reactor, sink=sink, state_dir=self.config.global_.state_dir,
+            policies=self.config.policies if policies is None else policies,
+        )  # fmt: skip
         if fc.delivery == "spool" and self.running:  # a reload added the first spooling frontend
             self.open_spool()
         log.warn(
@@ -140,9 +155,9 @@ class RelaybalService(MultiService):
             f"backend {fc.backend}"
             if fc.delivery == "spool"
             else f"cut-through: each message is answered with the reply of a gateway of backend {fc.backend}",
-            policies="; policies are not applied yet (only loopback clients may relay)"
+            policies=f"; relay policies: {', '.join(fc.policies)}"
             if fc.policies
-            else "",
+            else "; no policies: only loopback clients may relay",
         )
         return frontend
 
@@ -173,8 +188,40 @@ class RelaybalService(MultiService):
             backends=lambda: self.backends,
             gateways=self.gateways,
         )
+        self.runtime.follow(self.scheduler)  # the stats' delivery latency and totals
         if self.running:
             self.scheduler.start()
+
+    def apply_shared_state(self) -> None:
+        """Follow ``[global] shared_state`` of the running configuration (at start-up and after a reload).
+
+        A changed table replaces the Redis link (the old one closes); every
+        backend with a stick table shares it. Raises :class:`SharedStateError`
+        when the password file cannot be read (a reload then logs it and
+        keeps the link it had).
+        """
+        wanted = self.config.global_.shared_state
+        current = self.shared
+        error: SharedStateError | None = None
+        if (current.config if current is not None else None) != wanted:
+            try:
+                fresh = SharedState(wanted, self.reactor) if wanted is not None else None
+            except SharedStateError as e:
+                error = e
+            else:
+                if current is not None:
+                    log.info("shared state: no longer using Redis {redis}", redis=current.config.redis)
+                    current.stop()
+                self.shared = fresh
+                if fresh is not None and self.running:
+                    fresh.start()
+        if self.shared is not None:
+            self.shared.attach(self.backends)
+        else:
+            for backend in self.backends.values():
+                backend.stick_share = None
+        if error is not None:
+            raise error
 
     def relay_backend(self, frontend: str) -> Backend | None:
         """The backend that messages received by relay frontend ``frontend`` go to (None if it is gone)."""
@@ -270,6 +317,8 @@ class RelaybalService(MultiService):
         if any(fc.mode == "relay" and fc.delivery == "spool" for fc in self.config.frontends.values()):
             self.open_spool()
         super().startService()  # type: ignore[no-untyped-call]
+        if self.shared is not None:
+            self.shared.start()
         for monitor in self.health.values():
             monitor.start()
         if self.scheduler is not None:
@@ -404,6 +453,8 @@ class RelaybalService(MultiService):
         if self.admin_auth_pool.started:
             self.admin_auth_pool.stop()
         closing = [port.stopListening() for port in self.ports]
+        if self.shared is not None:
+            self.shared.stop()  # not waited for: a Redis that is away must not hold up the exit
         self.ports.clear()
         stopped = super().stopService()  # type: ignore[no-untyped-call]
         # Wait for the listeners to close: a UNIX socket's file is removed only then.

@@ -1,7 +1,9 @@
 """The stats page in a real browser (headless Chromium) while mail flows through the daemon.
 
-Chromium loads ``/`` from the running daemon, the test checks the rendered
-DOM (every configured server with its status) and the browser's log (no
+Mail flows through a splice frontend and a relay frontend (spool) with its
+own gateways, so the page shows the relay panel and the gateways' message
+table too. Chromium loads ``/`` from the running daemon, the test checks the rendered
+DOM (every configured server with its status, the relay figures) and the browser's log (no
 console message at all: the page has no script, and anything it tried to
 load would be a Content-Security-Policy violation logged there), and saves
 screenshots (desktop and phone sizes) in the test's peer directory
@@ -33,23 +35,24 @@ UP, DOWN, DRAIN, MAINT = (0xC0, 0xFF, 0xC0), (0xFF, 0x9C, 0x9C), (0xA8, 0xCD, 0x
 
 
 class Traffic(threading.Thread):
-    """smtp-source batches against ``port`` until :meth:`stop`."""
+    """smtp-source batches against each of ``ports`` in turn until :meth:`stop`."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, *ports: int) -> None:
         super().__init__(daemon=True)
-        self.port = port
+        self.ports = ports
         self.stopping = threading.Event()
         self.failures: list[str] = []
         self.sent = 0
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            done = smtp_source(
-                self.port, sessions=3, messages=30, size=2000, sender="a@client.test", rcpt="b@example.test"
-            )
-            if done.returncode != 0:
-                self.failures.append(done.stderr)
-            self.sent += 30
+            for port in self.ports:
+                done = smtp_source(
+                    port, sessions=3, messages=30, size=2000, sender="a@client.test", rcpt="b@example.test"
+                )
+                if done.returncode != 0:
+                    self.failures.append(done.stderr)
+                self.sent += 30
             self.stopping.wait(0.2)
 
     def stop(self) -> None:
@@ -146,30 +149,45 @@ def test_the_stats_page_in_headless_chromium(
     require_program("chromium")
     one: SmtpSink = sink_factory(dump=False)
     two: SmtpSink = sink_factory(dump=False)
-    port, http_port, dead_port = free_port(), free_port(), free_port()
+    port, relay_port, http_port, dead_port = free_port(), free_port(), free_port(), free_port()
     extra = (
         f'[[backend.mx.server]]\nname = "draining"\naddress = "127.0.0.1:{two.port}"\nstate = "drain"\n'
         '[[backend.mx.server]]\nname = "spare"\naddress = "127.0.0.1:9"\nbackup = true\nstate = "maint"\n'
+        # A relay frontend storing into the spool, delivering to two gateways (the same sinks).
+        f'[frontend.relay]\nmode = "relay"\nbackend = "gw"\n'
+        f'listen = ["tcp:{relay_port}:interface=127.0.0.1"]\n'
+        f'[backend.gw]\n[[backend.gw.server]]\nname = "gw1"\naddress = "127.0.0.1:{one.port}"\n'
+        f'[[backend.gw.server]]\nname = "gw2"\naddress = "127.0.0.1:{two.port}"\n'
     )
     relaybal_factory(
         daemon_config(
-            port, http_port, [("one", one.port), ("two", two.port), ("dead", dead_port)], extra_servers=extra
+            port,
+            http_port,
+            [("one", one.port), ("two", two.port), ("dead", dead_port)],
+            extra_servers=extra,
+            global_extra=f'state_dir = "{peer_dir}/state"',
         ),
-        wait_ports=[port, http_port],
+        wait_ports=[port, relay_port, http_port],
     )
-    expected = {"one": "UP", "two": "UP", "dead": "DOWN", "draining": "DRAIN", "spare": "MAINT"}
-    traffic = Traffic(port)
+    expected = {
+        "one": "UP", "two": "UP", "dead": "DOWN", "draining": "DRAIN", "spare": "MAINT",
+        "gw1": "no check", "gw2": "no check",
+    }  # fmt: skip
+    traffic = Traffic(port, relay_port)
     traffic.start()
     try:
 
         def ready() -> bool:
-            servers = {s["name"]: s for s in stats_json(http_port)["backends"][0]["servers"]}
-            return {n: s["status"] for n, s in servers.items()} == expected and all(
-                sum(servers[n]["traffic"]["sessions"]) > 0 for n in ("one", "two")
+            data = stats_json(http_port)
+            servers = {s["name"]: s for b in data["backends"] for s in b["servers"]}
+            return (
+                {n: s["status"] for n, s in servers.items()} == expected
+                and all(sum(servers[n]["traffic"]["sessions"]) > 0 for n in ("one", "two", "gw1", "gw2"))
+                and data["relay"]["recipients"]["delivered"] > 0
             )
 
         # The graphs need one 10-second bucket with traffic in it.
-        wait_until(ready, 40, "every status settled and a traffic bucket filled")
+        wait_until(ready, 40, "every status settled, a traffic bucket filled, relay mail delivered")
         url = f"http://127.0.0.1:{http_port}/"
         dom = chromium(url, peer_dir / "chromium-dom", "--dump-dom")
         shot = peer_dir / "stats-page.png"
@@ -178,10 +196,15 @@ def test_the_stats_page_in_headless_chromium(
         phone = chromium(
             url, peer_dir / "chromium-phone", f"--screenshot={phone_shot}", "--window-size=390,844"
         )
+        # The whole page (down to the relay gateways' table and graphs), for people to look at.
+        full_shot = peer_dir / "stats-page-full.png"
+        full = chromium(
+            url, peer_dir / "chromium-full", f"--screenshot={full_shot}", "--window-size=1280,2600"
+        )
     finally:
         traffic.stop()
     assert not traffic.failures, traffic.failures[:1]
-    for run in (dom, desktop, phone):
+    for run in (dom, desktop, phone, full):
         assert run.returncode == 0, run.stderr[-2000:]
         assert console_messages(run.stderr) == [], console_messages(run.stderr)
     rows = dict(
@@ -193,7 +216,14 @@ def test_the_stats_page_in_headless_chromium(
     assert rows == expected
     assert dom.stdout.count("<svg") == len(expected)
     assert "Frontend smtp" in dom.stdout and "Backend mx" in dom.stdout
-    for path in (shot, phone_shot):
+    assert "Frontend relay" in dom.stdout and "Backend gw" in dom.stdout
+    tiles = {label: int(n) for n, label in re.findall(r"<b>(\d+)</b><span>([^<]+)</span>", dom.stdout)}
+    assert tiles["accepted"] > 0 and tiles["delivered"] > 0, tiles
+    assert "in queue" in tiles
+    gateways = re.findall(r'<td class="name gw">(\w+)</td><td class="n">(\d+)</td>', dom.stdout)
+    assert [name for name, _ in gateways] == ["gw1", "gw2", "Backend"]
+    assert int(gateways[-1][1]) > 0
+    for path in (shot, phone_shot, full_shot):
         assert path.stat().st_size > 10_000
     painted = colours_in(shot)
     for colour in (UP, DOWN, DRAIN, MAINT):

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
@@ -62,6 +63,10 @@ class FakeConnection:
         self.usable = True
         self.on_lost: Any = None
         self.messages = 0
+        self.bound: str | None = None  # the client an XCLIENT session is stuck with, if any
+
+    def can_carry(self, client: Any) -> bool:
+        return self.bound is None or (client is not None and client.addr == self.bound)
 
     def deliver(self, txn: Transaction) -> Deferred[TransactionResult]:
         self.world.seen.append((self.server, txn))
@@ -506,3 +511,39 @@ def test_delivery_error_without_reply_is_temporary(world: World) -> None:
     world.settle()
     assert world.store.get(queue_id).recipients[0].status is RecipientStatus.DEFERRED
     assert isinstance(delivery_error("x"), DeliveryError)
+
+
+def test_a_connection_bound_to_one_client_is_not_given_another(tmp_path: Any) -> None:
+    w = World(tmp_path, names=("gw1",), connections_per_server=1)
+    conns: list[FakeConnection] = []
+
+    def connector(host: str, port: int, settings: ClientSettings) -> Deferred[Any]:
+        conn = FakeConnection(w, "gw1")
+        conn.bound = "192.0.2.10" if not conns else None  # the first one is stuck with client .10
+        conns.append(conn)
+        return succeed(conn)
+
+    w.pools.connector = connector
+    w.scheduler.start()
+    w.queue(1)
+    other = sample_envelope(received_at=w.clock.seconds())
+    other = Envelope(**{**attrs.asdict(other, recurse=False), "client": ("192.0.2.99", 1)})
+    w.queue(1, other)
+    w.settle()
+    assert len(w.store) == 0
+    # The pool (one connection allowed) closed the bound connection to open one for the other client.
+    assert len(conns) == 2 and not conns[0].usable
+    assert [txn.client.addr for _, txn in w.seen if txn.client is not None] == ["192.0.2.10", "192.0.2.99"]
+
+
+def test_a_message_that_cannot_be_sent_bounces_instead_of_looping(world: World) -> None:
+    def unsendable(txn: Transaction) -> Deferred[TransactionResult]:
+        if txn.sender == "":
+            return accept(txn)
+        return fail(DeliveryError("control character in an address"))
+
+    world.gateways = dict.fromkeys(world.gateways, unsendable)
+    world.scheduler.start()
+    (queue_id,) = world.queue(1)
+    world.settle()
+    assert queue_id not in world.store and world.scheduler.stats.bounces_sent == 1

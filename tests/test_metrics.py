@@ -12,6 +12,7 @@ from health_fakes import REFUSED, config_of
 from peers import SmtpSink, free_port, smtp_source, wait_until
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -159,6 +160,33 @@ class CollectorTests(SynchronousTestCase):
             )
         )
         self.assertTrue(body.endswith(b"# EOF\n"))
+
+    def test_the_latency_histogram_in_both_formats(self) -> None:
+        """A histogram family renders in the text format and in OpenMetrics (which parses it back)."""
+        self.view.delivery_delays.observe("gw", 0.004)
+        self.view.delivery_delays.observe("gw", 2.0)
+        self.view.delivery_delays.observe("gw", 7200.0)
+        samples, types = self.scrape()
+        name = "relaybal_relay_delivery_latency_seconds"
+        self.assertEqual(types[name], "histogram")
+        self.assertEqual(sample(samples, name + "_bucket", backend="gw", le="0.01"), 1)
+        self.assertEqual(sample(samples, name + "_bucket", backend="gw", le="2.5"), 2)
+        self.assertEqual(sample(samples, name + "_bucket", backend="gw", le="3600.0"), 2)
+        self.assertEqual(sample(samples, name + "_bucket", backend="gw", le="+Inf"), 3)
+        self.assertEqual(sample(samples, name + "_count", backend="gw"), 3)
+        self.assertAlmostEqual(sample(samples, name + "_sum", backend="gw"), 7202.004)
+        request = DummyRequest([b"metrics"])
+        request.requestHeaders.setRawHeaders(b"accept", [b"application/openmetrics-text; version=1.0.0"])
+        body = MetricsResource(self.registry).render(request).decode()
+        [family] = [f for f in openmetrics(body) if f.name == name]
+        self.assertEqual(family.type, "histogram")
+        self.assertIn('relaybal_relay_delivery_latency_seconds_bucket{backend="gw",le="+Inf"} 3.0', body)
+
+    def test_a_splice_only_process_has_no_relay_metrics(self) -> None:
+        samples, _ = self.scrape()
+        relay = [name for name, _ in samples if name.startswith(("relaybal_relay_", "relaybal_policy_"))]
+        self.assertEqual(relay, [])
+        self.assertFalse([name for name, _ in samples if "messages" in name or "recipients" in name])
 
     def test_process_figures_from_proc(self) -> None:
         samples, _ = parse(generate_latest(make_registry(self.view)).decode())

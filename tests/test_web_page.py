@@ -28,7 +28,9 @@ from relaybal.admin.web import (
 )
 from relaybal.balance.backend import Backend
 from relaybal.health.state import CheckResult
+from relaybal.relay.frontend import RelayFrontend
 from relaybal.splice.frontend import SpliceFrontend
+from relaybal.spool.sinks import SpoolSink
 
 
 class World:
@@ -203,8 +205,17 @@ class SnapshotTests(SynchronousTestCase):
 
         relay_config = attrs.evolve(w.config.frontends["smtp"], mode="relay", name="relay")
         w.view.frontends["relay"] = Relay(relay_config, w.mx)  # type: ignore[index]
-        fe = snapshot(w.view)["frontends"][1]
-        self.assertEqual((fe["name"], fe["mode"], fe["messages"]), ("relay", "relay", {"accepted": 12}))
+        snap = snapshot(w.view)
+        fe = snap["frontends"][1]
+        self.assertEqual((fe["name"], fe["mode"], fe["delivery"]), ("relay", "relay", "spool"))
+        # A spooling frontend does not count refused messages; a cut-through sink does.
+        self.assertEqual(fe["messages"], {"accepted": 12, "refused": None, "bounces_sent": None})
+        # No delivery state reached the view (no ``relay``): the relay section has no queue yet.
+        self.assertEqual(snap["relay"]["accepted"], 12)
+        self.assertIsNone(snap["relay"]["queue"])
+        self.assertIn("messages", snap["backends"][0])
+        self.assertEqual(snap["backends"][0]["servers"][0]["messages"]["delivered"], 0)
+        self.assertIsNone(snapshot(World().view)["relay"])
 
 
 # --------------------------------------------------------------------------- HTML and SVG
@@ -230,6 +241,21 @@ class PageTests(SynchronousTestCase):
         self.assertIn('<meta name="viewport" content="width=device-width, initial-scale=1">', page)
         self.assertEqual(page.count("<svg"), 3)
         self.assertIn("Frontend smtp", page)
+
+    def test_a_relay_frontend_brings_the_relay_panel_and_the_gateway_table(self) -> None:
+        w = World()
+        self.assertNotIn('id="relay"', self.page(w))
+        relay_config = attrs.evolve(w.config.frontends["smtp"], mode="relay", name="relay")
+        relay = RelayFrontend(relay_config, w.mx, MemoryReactorClock(), sink=SpoolSink())
+        relay.messages = 5
+        w.view.frontends["relay"] = relay  # type: ignore[index]
+        page = self.page(w)
+        self.assertIn('<section class="relay" id="relay">', page)
+        self.assertIn("<b>5</b><span>accepted</span>", page)
+        self.assertIn('<table class="gateways">', page)
+        self.assertEqual(re.findall(r'<td class="name gw">(\w+)</td>', page), ["a", "b", "spare", "Backend"])
+        self.assertIn("<th>Msgs accepted</th>", page)
+        self.assertIn("relay (spool)", page)
 
     def test_the_page_loads_nothing_and_runs_nothing(self) -> None:
         page = self.page(World())

@@ -11,8 +11,14 @@ race (and the pool also serves DNS).
 
 Names follow HAProxy's built-in exporter, ``haproxy_`` becoming ``relaybal_``
 and its ``proxy`` label ``frontend`` or ``backend``; the list is in
-``docs/operations.rst`` (*Metrics*). Other parts of the daemon add their own
-collectors to the same registry (:func:`make_registry` returns it).
+``docs/operations.rst`` (*Metrics*). Relay mode adds per-gateway message
+counters (``relaybal_server_messages_delivered_total``, …), the queue
+(``relaybal_relay_queue_*``), the delivery latency histogram
+(``relaybal_relay_delivery_latency_seconds``, fed by the scheduler's attempts
+through :meth:`~relaybal.admin.stats.ProcessView.follow`) and policy verdicts
+(``relaybal_policy_verdicts_total``, when the view has ``policy_verdicts``).
+Other parts of the daemon add their own collectors to the same registry
+(:func:`make_registry` returns it).
 """
 
 from __future__ import annotations
@@ -22,14 +28,14 @@ from typing import Any
 
 import attrs
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from relaybal.admin.snapshot import SERVER_STATES, snapshot
-from relaybal.admin.stats import ProcessView
+from relaybal.admin.stats import DelayHistogram, ProcessView
 from relaybal.health.state import STATUSES
 
 FRONTEND_STATES = ("OPEN", "STOP")
@@ -86,6 +92,12 @@ FRONTEND_METRICS = (
         "Messages accepted (relay frontends).",
         lambda fe: fe["messages"]["accepted"] if "messages" in fe else None,
     ),
+    Spec(
+        "relaybal_frontend_messages_refused",
+        COUNTER,
+        "Messages refused at the end of DATA because no gateway took them (cut-through relay frontends).",
+        lambda fe: fe["messages"]["refused"] if "messages" in fe else None,
+    ),
 )
 
 _BE = "relaybal_backend_"
@@ -131,6 +143,90 @@ SERVER_METRICS = (
     ),
 )
 
+#: Relay gateways: read from a server's ``messages`` (servers of backends that relay mail goes to).
+GATEWAY_METRICS = (
+    Spec(
+        _SV + "messages_delivered",
+        COUNTER,
+        "Messages delivered to the gateway (transactions that delivered at least one recipient).",
+        _at("delivered"),
+    ),
+    Spec(_SV + "recipients_delivered", COUNTER, "Recipients the gateway took.", _at("recipients")),
+    Spec(_SV + "delivered_bytes", COUNTER, "Bytes of the messages delivered to the gateway.", _at("bytes")),
+    Spec(
+        _SV + "recipients_deferred",
+        COUNTER,
+        "Recipients the gateway refused temporarily (or lost with the connection).",
+        _at("deferred"),
+    ),
+    Spec(_SV + "recipients_bounced", COUNTER, "Recipients the gateway refused for good.", _at("bounced")),
+    Spec(_SV + "delivery_attempts", COUNTER, "Transactions started with the gateway.", _at("attempts")),
+    Spec(
+        _SV + "possible_duplicates",
+        COUNTER,
+        "Connections lost after the final dot (the message was retried: it may arrive twice).",
+        _at("possible_duplicates"),
+    ),
+    Spec(_SV + "pooled_connections", GAUGE, "Open connections in the gateway's pool.", _at("connections")),
+    Spec(
+        _SV + "messages_in_flight",
+        GAUGE,
+        "Transactions given to the gateway's pool, not finished.",
+        _at("in_flight"),
+    ),
+)
+
+_RL = "relaybal_relay_"
+#: Process-wide relay figures: read from the snapshot's ``relay``.
+RELAY_METRICS = (
+    Spec(_RL + "messages_accepted", COUNTER, "Messages accepted by the relay frontends.", _at("accepted")),
+    Spec(
+        _RL + "recipients_delivered",
+        COUNTER,
+        "Recipients of spooled messages delivered.",
+        _at("recipients", "delivered"),
+    ),
+    Spec(
+        _RL + "recipients_bounced",
+        COUNTER,
+        "Recipients of spooled messages bounced.",
+        _at("recipients", "bounced"),
+    ),
+    Spec(
+        _RL + "deferrals",
+        COUNTER,
+        "Delivery rounds that ended with recipients deferred.",
+        _at("deferrals"),
+    ),
+    Spec(
+        _RL + "messages_done",
+        COUNTER,
+        "Spooled messages finished and removed from the queue.",
+        _at("messages_done"),
+    ),
+    Spec(
+        _RL + "bounces_sent",
+        COUNTER,
+        "Bounces (delivery status notifications) queued.",
+        _at("bounces_sent"),
+    ),
+    Spec(
+        _RL + "possible_duplicates",
+        COUNTER,
+        "Connections to gateways lost after the final dot (messages that may arrive twice).",
+        _at("possible_duplicates"),
+    ),
+)
+
+#: The queue's states (``relaybal_relay_queue_messages{state}``).
+QUEUE_STATES = ("active", "waiting", "deferred", "held")
+
+RELAY_SPOOL_METRICS = (
+    Spec(_RL + "spool_commits", COUNTER, "Messages committed to the spool.", _at("commits")),
+    Spec(_RL + "spool_commit_failures", COUNTER, "Spool commits that failed.", _at("commit_failures")),
+    Spec(_RL + "spool_flushes", COUNTER, "Spool flushes (each one fdatasync).", _at("flushes")),
+)
+
 CHECK_METRICS = (
     Spec(_SV + "check_code", GAUGE, "SMTP reply code of the last check.", _at("code")),
     Spec(
@@ -145,11 +241,16 @@ CHECK_METRICS = (
 )
 
 
+def _bound(value: float) -> str:
+    """A bucket's ``le`` label as Prometheus writes it: ``0.01``, ``1.0``, ``+Inf``."""
+    return "+Inf" if value == float("inf") else repr(float(value))
+
+
 class _Families:
     """Metric families filled sample by sample, emitted in creation order."""
 
     def __init__(self) -> None:
-        self._families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        self._families: dict[str, GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily] = {}
 
     def add(self, spec: Spec, labels: Mapping[str, str], item: dict[str, Any]) -> None:
         value = spec.value(item)
@@ -161,7 +262,18 @@ class _Families:
         if family is None:
             cls = GaugeMetricFamily if kind == GAUGE else CounterMetricFamily
             family = self._families[name] = cls(name, doc, labels=list(labels))
+        assert not isinstance(family, HistogramMetricFamily)
         family.add_metric(list(labels.values()), value)
+
+    def histograms(self, name: str, doc: str, label: str, histogram: DelayHistogram) -> None:
+        """One histogram per key of ``histogram`` (labelled ``label``); nothing when it is empty."""
+        if not histogram.counts:
+            return
+        family = HistogramMetricFamily(name, doc, labels=[label])
+        for key in sorted(histogram.counts):
+            buckets = [(_bound(bound), count) for bound, count in histogram.cumulative(key)]
+            family.add_metric([key], buckets, histogram.sums[key])
+        self._families[name] = family
 
     def states(
         self, name: str, doc: str, labels: Mapping[str, str], states: Iterable[str], current: str
@@ -230,7 +342,51 @@ class RelaybalCollector:
         for be in snap["backends"]:
             for server in be["servers"]:
                 self._server(m, be["name"], server)
+        for be in snap["backends"]:
+            for server in be["servers"]:
+                if "messages" in server:
+                    for spec in GATEWAY_METRICS:
+                        m.add(spec, {"backend": be["name"], "server": server["name"]}, server["messages"])
+        relay = snap["relay"]
+        if relay is not None:
+            self._relay(m, relay)
+        m.histograms(
+            _RL + "delivery_latency_seconds",
+            "Seconds from receipt to delivery of the messages delivered from the spool, per backend.",
+            "backend",
+            self.view.delivery_delays,
+        )
+        verdicts = self.view.policy_verdicts() if self.view.policy_verdicts is not None else {}
+        for (policy, verdict), count in sorted(verdicts.items()):
+            m.sample(
+                "relaybal_policy_verdicts",
+                COUNTER,
+                "Relay policy verdicts, by policy and verdict.",
+                {"policy": policy, "verdict": verdict},
+                count,
+            )
         return list(m)
+
+    @staticmethod
+    def _relay(m: _Families, relay: dict[str, Any]) -> None:
+        for spec in RELAY_METRICS:
+            m.add(spec, {}, relay)
+        queue = relay["queue"]
+        if queue is not None:
+            m.sample(_RL + "queue_depth", GAUGE, "Messages in the spool (every state).", {}, queue["total"])
+            for state in QUEUE_STATES:
+                m.sample(
+                    _RL + "queue_messages",
+                    GAUGE,
+                    "Messages in the spool by state: active (being delivered), waiting (for a gateway), "
+                    "deferred (until their next attempt), held.",
+                    {"state": state},
+                    queue[state],
+                )
+        spool = relay["spool"]
+        if spool is not None:
+            for spec in RELAY_SPOOL_METRICS:
+                m.add(spec, {}, spool)
 
     @staticmethod
     def _server(m: _Families, backend: str, server: dict[str, Any]) -> None:

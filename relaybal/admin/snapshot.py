@@ -12,7 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from relaybal.admin.history import TrafficHistory
-from relaybal.admin.stats import STAT_BACKEND, STAT_FRONTEND, STAT_SERVER, ProcessView, stat_records
+from relaybal.admin.stats import (
+    STAT_BACKEND,
+    STAT_FRONTEND,
+    STAT_SERVER,
+    ProcessView,
+    RelayState,
+    stat_records,
+)
 
 #: Server states as HAProxy's exporter names them (``relaybal_server_status{state}``).
 SERVER_STATES = ("UP", "DOWN", "DRAIN", "MAINT")
@@ -103,6 +110,9 @@ def _server(record: dict[str, object], now: float, history: TrafficHistory | Non
         "check": check,
         "cert_days": _opt_int(record, "cert_days"),
     }
+    gateway = record.get("gateway")
+    if isinstance(gateway, dict):
+        server["messages"] = dict(gateway)
     if history is not None:
         series = history.series(_text(record, "pxname"), server["name"])
         server["traffic"] = {
@@ -118,7 +128,7 @@ def _backend(record: dict[str, object], servers: list[dict[str, Any]], view: Pro
     status = _text(record, "status")
     name = _text(record, "pxname")
     backend = view.backends[name]
-    return {
+    result: dict[str, Any] = {
         "name": name,
         "id": _int(record, "iid"),
         "status": status,
@@ -143,6 +153,10 @@ def _backend(record: dict[str, object], servers: list[dict[str, Any]], view: Pro
         "check": backend.config.check.kind if backend.config.check is not None else None,
         "servers": servers,
     }
+    gateway = record.get("gateway")
+    if isinstance(gateway, dict):
+        result["messages"] = dict(gateway)
+    return result
 
 
 def _frontend(record: dict[str, object], view: ProcessView) -> dict[str, Any]:
@@ -172,9 +186,63 @@ def _frontend(record: dict[str, object], view: ProcessView) -> dict[str, Any]:
         "redispatches": _int(record, "redispatches"),
     }
     if mode == "relay":
-        # Relay figures grow with the spool and delivery (deferred, bounced, queue depth).
-        result["messages"] = {"accepted": _int(record, "messages")}
+        result["delivery"] = _text(record, "delivery")
+        result["messages"] = {
+            "accepted": _int(record, "messages"),
+            "refused": _opt_int(record, "messages_refused"),
+            "bounces_sent": _opt_int(record, "bounces_sent"),
+        }
     return result
+
+
+def relay_summary(view: ProcessView, relay: RelayState | None) -> dict[str, Any] | None:
+    """The process-wide relay figures (``relay`` in ``/stats.json``); None without relay mode.
+
+    ``queue`` and ``spool`` are None without a spool (cut-through only). The
+    scheduler's figures add up every scheduler of the process
+    (:meth:`~relaybal.admin.stats.ProcessView.scheduler_totals`);
+    ``possible_duplicates`` counts spooled and cut-through mail.
+    """
+    if not view.has_relay:
+        return None
+    scheduler = relay.scheduler if relay is not None else None
+    spool = relay.spool if relay is not None else None
+    gateways = relay.gateways if relay is not None else None
+    totals = view.scheduler_totals()
+    queue: dict[str, int] | None = None
+    if spool is not None or scheduler is not None:
+        queue = {
+            "total": len(spool) if spool is not None else 0,
+            "active": scheduler.in_flight if scheduler is not None else 0,
+            "waiting": scheduler.waiting if scheduler is not None else 0,
+            "deferred": scheduler.deferred_count if scheduler is not None else 0,
+            "held": len(scheduler.held) if scheduler is not None else 0,
+        }
+    duplicates = totals.possible_duplicates
+    if gateways is not None:
+        duplicates = max(duplicates, sum(c.possible_duplicates for c in gateways.counters.values()))
+    accepted = sum(
+        getattr(f, "messages", 0)
+        for f in view.frontends.values()
+        if getattr(getattr(f, "config", None), "mode", "") == "relay"
+    )
+    return {
+        "accepted": accepted,
+        "queue": queue,
+        "recipients": {"delivered": totals.delivered, "bounced": totals.bounced},
+        "deferrals": totals.deferred,
+        "messages_done": totals.messages_done,
+        "bounces_sent": totals.bounces_sent,
+        "possible_duplicates": duplicates,
+        "spool": None
+        if spool is None
+        else {
+            "commits": spool.stats.commits,
+            "commit_failures": spool.stats.commit_failures,
+            "flushes": spool.stats.flushes,
+            "bytes": spool.stats.bytes,
+        },
+    }
 
 
 def snapshot(view: ProcessView, history: TrafficHistory | None = None) -> dict[str, Any]:
@@ -183,6 +251,7 @@ def snapshot(view: ProcessView, history: TrafficHistory | None = None) -> dict[s
     With ``history``, each server carries its ``traffic`` buckets.
     """
     now = view.clock.seconds()
+    relay = relay_summary(view, view.relay_state())
     frontends: list[dict[str, Any]] = []
     backends: list[dict[str, Any]] = []
     servers: list[dict[str, Any]] = []
@@ -212,4 +281,5 @@ def snapshot(view: ProcessView, history: TrafficHistory | None = None) -> dict[s
         },
         "frontends": frontends,
         "backends": backends,
+        "relay": relay,
     }

@@ -20,10 +20,11 @@ configuration order, frontends after them.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import os
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any, Protocol
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -31,6 +32,9 @@ from twisted.internet.interfaces import IReactorTime
 from relaybal import __version__
 from relaybal.balance.backend import DRAIN, MAINT, Backend, Server
 from relaybal.balance.stick import StickTable
+from relaybal.delivery.pool import GatewayCounters
+from relaybal.delivery.scheduler import Attempt, SchedulerStats
+from relaybal.spool.store import SpoolStats
 
 #: ``show stat`` columns, HAProxy 2.6's names and order, up to ``uweight``.
 STAT_COLUMNS: tuple[str, ...] = (
@@ -73,6 +77,118 @@ SRV_ST_STARTING = 1
 SRV_ST_RUNNING = 2
 
 
+# --------------------------------------------------------------------------- relay delivery
+
+
+class SchedulerView(Protocol):
+    """What the stats read of the delivery :class:`~relaybal.delivery.scheduler.Scheduler`."""
+
+    @property
+    def stats(self) -> SchedulerStats: ...
+
+    @property
+    def on_attempt(self) -> list[Callable[[Attempt], None]]: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def waiting(self) -> int: ...
+
+    @property
+    def deferred_count(self) -> int: ...
+
+    @property
+    def held(self) -> Collection[str]: ...
+
+
+class PoolView(Protocol):
+    """What the stats read of a :class:`~relaybal.delivery.pool.GatewayPool`."""
+
+    @property
+    def connections(self) -> int: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def opened(self) -> int: ...
+
+    @property
+    def connect_failures(self) -> int: ...
+
+
+class GatewaysView(Protocol):
+    """What the stats read of :class:`~relaybal.delivery.pool.Gateways` (pools and counters by server)."""
+
+    @property
+    def pools(self) -> Mapping[Server, PoolView]: ...
+
+    @property
+    def counters(self) -> Mapping[Server, GatewayCounters]: ...
+
+
+class SpoolView(Protocol):
+    """What the stats read of the :class:`~relaybal.spool.store.SpoolStore`: its size and counters."""
+
+    @property
+    def stats(self) -> SpoolStats: ...
+
+    def __len__(self) -> int: ...
+
+
+@attrs.frozen
+class RelayState:
+    """Relay delivery as it is at one moment, for the stats page, ``/stats.json`` and ``/metrics``.
+
+    ``gateways`` holds the gateways' connection pools and counters (spooled and
+    cut-through mail); ``scheduler`` and ``spool`` are None without a relay
+    frontend with ``delivery = "spool"`` (or before the spool opens, or once it
+    closed).
+    """
+
+    gateways: GatewaysView | None = None
+    scheduler: SchedulerView | None = None
+    spool: SpoolView | None = None
+
+
+#: Upper bounds (seconds) of the delivery latency histogram's buckets: 10 ms to an hour.
+DELAY_BUCKETS: tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+)  # fmt: skip
+
+
+@attrs.define
+class DelayHistogram:
+    """Per backend, how long delivered messages had waited since they were received.
+
+    ``counts[backend][i]`` counts the observations in ``(bounds[i-1], bounds[i]]``;
+    the last entry (index ``len(bounds)``) those above the last bound.
+    """
+
+    bounds: tuple[float, ...] = DELAY_BUCKETS
+    counts: dict[str, list[int]] = attrs.field(factory=dict)
+    sums: dict[str, float] = attrs.field(factory=dict)
+
+    def observe(self, backend: str, seconds: float) -> None:
+        counts = self.counts.get(backend)
+        if counts is None:
+            counts = self.counts[backend] = [0] * (len(self.bounds) + 1)
+            self.sums[backend] = 0.0
+        counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.sums[backend] += seconds
+
+    def cumulative(self, backend: str) -> list[tuple[float, int]]:
+        """``(upper bound, observations at or below it)`` for each bucket, ending with ``(inf, count)``."""
+        counts = self.counts.get(backend, [0] * (len(self.bounds) + 1))
+        total = 0
+        result: list[tuple[float, int]] = []
+        for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
+            total += count
+            result.append((bound, total))
+        return result
+
+
 @attrs.define
 class ProcessView:
     """What the runtime API reports on: the backends and frontends of one running process.
@@ -81,7 +197,10 @@ class ProcessView:
     ``max_current``, ``total``, ``bytes_in``, ``bytes_out``, ``errors``,
     ``ports``, ``config.maxconn``, ``config.mode``) count as 0 when missing.
     The mappings are read at each command, so a view built once sees
-    frontends added later to the same mapping.
+    frontends added later to the same mapping. ``relay`` (a callable, also
+    read at each request) gives relay mode's delivery state
+    (:class:`RelayState`); ``policy_verdicts`` the relay policies' verdict
+    counts. Both default to nothing.
     """
 
     backends: Mapping[str, Backend]
@@ -100,10 +219,61 @@ class ProcessView:
     last_reload: float = 0.0
     """When the last reload was tried (0: never)."""
     last_reload_ok: bool = True
+    relay: Callable[[], RelayState | None] | None = None
+    """Relay delivery now (the service's gateways, scheduler and spool), read at each request."""
+    policy_verdicts: Callable[[], Mapping[tuple[str, str], int]] | None = None
+    """Relay policy verdicts so far by ``(policy name, verdict)`` (e.g. ``("dnsbl", "reject")``), for
+    ``relaybal_policy_verdicts_total``; None (the default): not reported."""
+    delivery_delays: DelayHistogram = attrs.field(factory=DelayHistogram)
+    """Seconds from receipt to delivery of the messages delivered, per backend (see :meth:`follow`)."""
+    _followed: list[SchedulerView] = attrs.field(factory=list, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.started < 0:
             self.started = self.clock.seconds()
+
+    # -- relay delivery
+
+    def follow(self, scheduler: SchedulerView) -> None:
+        """Observe ``scheduler``'s attempts (delivery latency) and count its figures from now on.
+
+        Idempotent. A scheduler that replaces another (a reload re-opening the
+        spool) is followed too, and the totals keep what the old one counted, so
+        the counters never go back. :meth:`relay_state` follows the scheduler it
+        finds, but the service calls this as soon as it makes one, so no attempt
+        goes unobserved before the first request.
+        """
+        if any(known is scheduler for known in self._followed):
+            return
+        scheduler.on_attempt.append(self._attempted)
+        self._followed.append(scheduler)
+
+    def _attempted(self, attempt: Attempt) -> None:
+        if attempt.delivered:
+            self.delivery_delays.observe(attempt.backend, attempt.delay)
+
+    def relay_state(self) -> RelayState | None:
+        """The relay delivery state now (None without ``relay``); its scheduler is followed."""
+        state = self.relay() if self.relay is not None else None
+        if state is not None and state.scheduler is not None:
+            self.follow(state.scheduler)
+        return state
+
+    def scheduler_totals(self) -> SchedulerStats:
+        """Every followed scheduler's :class:`SchedulerStats`, added up (this process's totals)."""
+        return SchedulerStats(
+            **{
+                field.name: sum(getattr(s.stats, field.name) for s in self._followed)
+                for field in attrs.fields(SchedulerStats)
+            }
+        )
+
+    @property
+    def has_relay(self) -> bool:
+        """A relay frontend is configured, or a spool was delivered from."""
+        return bool(self._followed) or any(
+            getattr(getattr(f, "config", None), "mode", "") == "relay" for f in self.frontends.values()
+        )
 
     def backend_ids(self) -> dict[str, int]:
         return {name: index for index, name in enumerate(self.backends, start=1)}
@@ -318,7 +488,77 @@ def _frontend_stats(name: str, frontend: Any, iid: int, stopping: bool = False) 
         "retries": _figure(frontend, "retries"),
         "redispatches": _figure(frontend, "redispatches"),
         "messages": _figure(frontend, "messages"),
+        **_relay_frontend_figures(frontend),
     }
+
+
+def _count_or_none(obj: Any, attribute: str) -> int | None:
+    value = getattr(obj, attribute, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _relay_frontend_figures(frontend: Any) -> dict[str, object]:
+    """``delivery``, and what a cut-through sink counts: ``messages_refused``, ``bounces_sent``."""
+    config = getattr(frontend, "config", None)
+    if getattr(config, "mode", "") != "relay":
+        return {}
+    sink = getattr(frontend, "sink", None)
+    refused = _count_or_none(frontend, "messages_refused")
+    return {
+        "delivery": getattr(config, "delivery", ""),
+        "messages_refused": refused if refused is not None else _count_or_none(sink, "refused"),
+        "bounces_sent": _count_or_none(sink, "bounces"),
+    }
+
+
+#: The per-gateway figures of a relay backend's server records (``gateway``), and their backend sums.
+GATEWAY_FIGURES = (
+    "delivered", "recipients", "bytes", "deferred", "bounced", "attempts", "possible_duplicates",
+    "connections", "in_flight", "opened", "connect_failures",
+)  # fmt: skip
+
+
+def gateway_figures(relay: RelayState | None, server: Server) -> dict[str, int]:
+    """What relay delivery gave ``server`` and made of it, and its connection pool now.
+
+    ``delivered`` counts transactions that delivered at least one recipient
+    (messages), ``recipients``/``bytes`` what they delivered, ``deferred`` and
+    ``bounced`` recipients refused temporarily or for good, ``attempts``
+    transactions started; ``connections`` and ``in_flight`` are the pool's
+    open connections and unfinished transactions, ``opened`` and
+    ``connect_failures`` its connection attempts.
+    """
+    gateways = relay.gateways if relay is not None else None
+    counters = gateways.counters.get(server) if gateways is not None else None
+    if counters is None:
+        counters = GatewayCounters()
+    pool = gateways.pools.get(server) if gateways is not None else None
+    return {
+        "delivered": counters.messages,
+        "recipients": counters.recipients,
+        "bytes": counters.bytes,
+        "deferred": counters.deferred,
+        "bounced": counters.bounced,
+        "attempts": counters.attempts,
+        "possible_duplicates": counters.possible_duplicates,
+        "connections": pool.connections if pool is not None else 0,
+        "in_flight": pool.in_flight if pool is not None else 0,
+        "opened": pool.opened if pool is not None else 0,
+        "connect_failures": pool.connect_failures if pool is not None else 0,
+    }
+
+
+def relay_backend_names(view: ProcessView, relay: RelayState | None) -> set[str]:
+    """Backends that relay mail goes to: those of relay frontends, and any a gateway pool was made for."""
+    names = {
+        getattr(getattr(f, "backend", None), "name", "")
+        for f in view.frontends.values()
+        if getattr(getattr(f, "config", None), "mode", "") == "relay"
+    }
+    gateways = relay.gateways if relay is not None else None
+    if gateways is not None:
+        names.update(server.backend_name for server in (*gateways.pools, *gateways.counters))
+    return names
 
 
 #: ``show stat`` object types (HAProxy's bit values for the ``<type>`` argument).
@@ -350,10 +590,16 @@ def stat_records(
     out (the stats page and ``/metrics`` read them): servers ``admin_state``,
     ``up``, ``cert_days``, ``last_change``; backends ``queued_total``,
     ``last_change``; frontends ``proxy_mode``, ``no_server``, ``retries``,
-    ``redispatches``, ``messages``. Frontends come first, then each
-    backend's servers followed by the backend itself.
+    ``redispatches``, ``messages``. Relay frontends add ``delivery``,
+    ``messages_refused`` and ``bounces_sent`` (None when not counted); the
+    servers of backends that relay mail goes to carry ``gateway`` (a dict of
+    :data:`GATEWAY_FIGURES`, see :func:`gateway_figures`) and those backends
+    ``gateway`` with the sums. Frontends come first, then each backend's
+    servers followed by the backend itself.
     """
     now = view.clock.seconds()
+    relay = view.relay_state()
+    relay_backends = relay_backend_names(view, relay)
     records: list[dict[str, object]] = []
     for name, iid in view.frontend_ids().items():
         if (proxy is None or proxy == iid) and types & STAT_FRONTEND:
@@ -362,12 +608,21 @@ def stat_records(
         if proxy is not None and proxy != iid:
             continue
         backend = view.backends[name]
+        gateways = {s: gateway_figures(relay, s) for s in backend.servers} if name in relay_backends else {}
         if types & STAT_SERVER:
-            records.extend(
-                _server_stats(s, iid, now) for s in backend.servers if sid is None or s.sid == sid
-            )
+            for server in backend.servers:
+                if sid is None or server.sid == sid:
+                    record = _server_stats(server, iid, now)
+                    if server in gateways:
+                        record["gateway"] = gateways[server]
+                    records.append(record)
         if types & STAT_BACKEND:
-            records.append(_backend_stats(backend, iid, now, view.frontends.values()))
+            record = _backend_stats(backend, iid, now, view.frontends.values())
+            if gateways:
+                record["gateway"] = {
+                    key: sum(figures[key] for figures in gateways.values()) for key in GATEWAY_FIGURES
+                }
+            records.append(record)
     return records
 
 

@@ -3,8 +3,11 @@
 * ``/`` — an HTML page in the spirit of HAProxy's statistics page: one table
   per frontend and per backend, servers colour-coded by status, and one
   traffic graph per server over the last hour (10-second buckets), drawn
-  here as inline SVG. The page loads nothing else (no scripts, fonts,
-  images or style sheets: its Content-Security-Policy forbids them),
+  here as inline SVG. With relay frontends, a relay panel (messages
+  accepted, the queue, delivered, deferred, bounced) comes first, and each
+  relay backend has a table of what its gateways were given. The page
+  loads nothing else (no scripts, fonts, images or style sheets: its
+  Content-Security-Policy forbids them),
   refreshes itself (``<meta http-equiv="refresh">``) and fits a phone
   (the tables scroll sideways, optional columns hide on narrow screens).
 * ``/stats.json`` — the same :func:`~relaybal.admin.snapshot.snapshot` as JSON.
@@ -80,8 +83,17 @@ figcaption{font-size:12px;margin-bottom:4px}figcaption b{font-size:13px}
 figure svg{display:block;width:100%;height:84px;background:#fff;border:1px solid #e3e6ea}
 .axis{display:flex;justify-content:space-between;font-size:11px;color:var(--muted)}
 .key-s{color:#3b78c4}.key-b{color:#e07b00}
+.tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(104px,1fr));gap:6px;margin:0;padding:0;
+list-style:none}
+.tiles li{border:1px solid var(--line);border-radius:4px;padding:4px 8px;background:#fbfbfc}
+.tiles b{display:block;font-size:20px;font-variant-numeric:tabular-nums;line-height:1.2}
+.tiles span{font-size:12px;color:var(--muted)}
+.note{margin:6px 0 0;font-size:12px;color:var(--muted)}
+h3{margin:10px 0 4px;font-size:14px}
 @media (max-width:720px){body{padding:6px;font-size:13px}.opt{display:none}
-section{padding:6px}.graphs{grid-template-columns:1fr}td.info{min-width:9em}}
+section{padding:6px}.graphs{grid-template-columns:1fr}td.info{min-width:9em}
+.tiles{grid-template-columns:repeat(4,1fr);gap:4px}.tiles li{padding:3px 5px}.tiles b{font-size:16px}
+.tiles span{font-size:11px}}
 """
 
 _LEGEND = (
@@ -180,18 +192,19 @@ def traffic_svg(sessions: Sequence[int], moved: Sequence[int], buckets: int = GR
     return "".join(parts)
 
 
-def _graph(backend: str, server: dict[str, Any]) -> str:
+def _graph(backend: str, server: dict[str, Any], unit: str = "session") -> str:
+    """One server's figure; ``unit`` names what the bars count (relay gateways: transactions)."""
     traffic = server.get("traffic") or {"sessions": [], "bytes": [], "interval_s": 10}
     sessions, moved = traffic["sessions"], traffic["bytes"]
     interval = traffic["interval_s"]
     span_min = round(GRAPH_WIDTH * interval / 60)
     caption = (
         f"<b>{_e(backend)}/{_e(server['name'])}</b> "
-        f'<span class="key-s">■ {_plural(sum(sessions), "session")}</span> '
+        f'<span class="key-s">■ {_plural(sum(sessions), unit)}</span> '
         f'<span class="key-b">— {human_bytes(sum(moved))}</span> in the last {span_min} min'
     )
     peaks = (
-        f"peak {_plural(max(sessions, default=0), 'session')} and {human_bytes(max(moved, default=0))} "
+        f"peak {_plural(max(sessions, default=0), unit)} and {human_bytes(max(moved, default=0))} "
         f"per {interval:g} s"
     )
     return (
@@ -283,20 +296,61 @@ def _backend_section(backend: dict[str, Any]) -> str:
         f'<td class="n">{human_age(backend["last_change_s"])}</td><td class="opt"></td></tr>'
     )
     check = f" · check {backend['check']}" if backend["check"] else " · no check"
-    graphs = "".join(_graph(backend["name"], server) for server in backend["servers"])
+    relay = "messages" in backend
+    unit = "transaction" if relay else "session"
+    graphs = "".join(_graph(backend["name"], server, unit) for server in backend["servers"])
     return (
         f'<section class="backend" id="backend-{_e(backend["name"])}">'
-        f"<h2>Backend {_e(backend['name'])} <small>{_e(backend['balance'])}{_e(check)}</small></h2>"
+        f"<h2>Backend {_e(backend['name'])} <small>{_e(backend['balance'])}{_e(check)}"
+        f"{' · relay gateways' if relay else ''}</small></h2>"
         f'<div class="scroll"><table>{head}<tbody>{"".join(rows)}</tbody></table></div>'
+        f"{_gateway_table(backend) if relay else ''}"
         f'<div class="graphs">{graphs}</div></section>'
+    )
+
+
+def _gateway_cells(figures: dict[str, Any]) -> str:
+    return (
+        f"{_num(figures['delivered'])}{_num(figures['recipients'])}{_bytes(figures['bytes'])}"
+        f"{_num(figures['deferred'])}{_num(figures['bounced'])}"
+        f"{_num(figures['attempts'], True)}{_num(figures['possible_duplicates'], True)}"
+        f"{_num(figures['connections'])}{_num(figures['in_flight'])}"
+    )
+
+
+def _gateway_table(backend: dict[str, Any]) -> str:
+    """What relay delivery gave each gateway of ``backend`` and made of it (``messages``)."""
+    head = (
+        '<thead><tr><th rowspan="2" class="first">Gateway</th><th colspan="3">Delivered</th>'
+        '<th colspan="2">Recipients refused</th><th rowspan="2" class="opt">Attempts</th>'
+        '<th rowspan="2" class="opt">Possible dup.</th><th colspan="2">Pool</th></tr>'
+        "<tr><th>Msgs</th><th>Rcpts</th><th>Bytes</th><th>Deferred</th><th>Bounced</th>"
+        "<th>Conns</th><th>In flight</th></tr></thead>"
+    )
+    rows = [
+        f'<tr class="{_e(server["status_class"])}"><td class="name gw">{_e(server["name"])}</td>'
+        f"{_gateway_cells(server['messages'])}</tr>"
+        for server in backend["servers"]
+    ]
+    rows.append(
+        f'<tr class="total"><td class="name gw">Backend</td>{_gateway_cells(backend["messages"])}</tr>'
+    )
+    return (
+        f'<h3 id="gateways-{_e(backend["name"])}">Messages</h3>'
+        f'<div class="scroll"><table class="gateways">{head}<tbody>{"".join(rows)}</tbody></table></div>'
     )
 
 
 def _frontend_section(frontend: dict[str, Any]) -> str:
     sessions = frontend["sessions"]
     relay = frontend.get("messages")
-    extra_head = "<th>Messages</th>" if relay is not None else ""
-    extra_cell = _num(relay["accepted"]) if relay is not None else ""
+    extra_head = extra_cell = ""
+    if relay is not None:
+        extra_head = "<th>Msgs accepted</th>"
+        extra_cell = _num(relay["accepted"])
+        if relay["refused"] is not None:
+            extra_head += "<th>Msgs refused</th>"
+            extra_cell += _num(relay["refused"])
     head = (
         '<thead><tr><th>Status</th><th>Cur</th><th class="opt">Max</th><th class="opt">Limit</th>'
         f"<th>Total</th>{extra_head}<th>Bytes in</th><th>Bytes out</th><th>Errors</th>"
@@ -314,10 +368,56 @@ def _frontend_section(frontend: dict[str, Any]) -> str:
     )
     target = frontend["backend"]
     arrow = f' → <a href="#backend-{_e(target)}">{_e(target)}</a>' if target else ""
+    mode = frontend["mode"] + (f" ({frontend['delivery']})" if frontend.get("delivery") else "")
     return (
         f'<section class="frontend" id="frontend-{_e(frontend["name"])}">'
-        f"<h2>Frontend {_e(frontend['name'])} <small>{_e(frontend['mode'])}{arrow}</small></h2>"
+        f"<h2>Frontend {_e(frontend['name'])} <small>{_e(mode)}{arrow}</small></h2>"
         f'<div class="scroll"><table>{head}<tbody>{row}</tbody></table></div></section>'
+    )
+
+
+def _tile(value: int, label: str, title: str, alert: str = "") -> str:
+    """One figure of the relay panel; ``alert`` (a colour class) applies when ``value`` is not 0."""
+    cls = f' class="{alert}"' if alert and value else ""
+    return f'<li{cls} title="{_e(title)}"><b>{value}</b><span>{_e(label)}</span></li>'
+
+
+def _relay_section(relay: dict[str, Any]) -> str:
+    """The relay panel: messages accepted, the queue by state, what became of the mail."""
+    queue = relay["queue"]
+    recipients = relay["recipients"]
+    tiles = [_tile(relay["accepted"], "accepted", "messages accepted by the relay frontends")]
+    if queue is not None:
+        deferred_title = (
+            f"messages waiting for their next attempt; {relay['deferrals']} delivery rounds deferred in all"
+        )
+        tiles += [
+            _tile(queue["total"], "in queue", "messages in the spool, every state"),
+            _tile(queue["active"], "active", "messages being delivered now"),
+            _tile(queue["waiting"], "waiting", "messages due now, waiting for a gateway with room", "warn"),
+            _tile(queue["deferred"], "deferred", deferred_title, "warn"),
+            _tile(queue["held"], "held", "messages kept from delivery (queue hold)"),
+        ]
+    tiles += [
+        _tile(recipients["delivered"], "delivered", "recipients of spooled messages delivered"),
+        _tile(recipients["bounced"], "bounced", "recipients of spooled messages bounced", "crit"),
+        _tile(relay["bounces_sent"], "bounces sent", "delivery status notifications queued"),
+        _tile(relay["possible_duplicates"], "possible dup.", "connections lost after the final dot", "warn"),
+    ]
+    spool = relay["spool"]
+    if spool is None:
+        note = "cut-through only: no spool"
+    else:
+        note = (
+            f"spool: {_plural(spool['commits'], 'message')} committed in "
+            f"{_plural(spool['flushes'], 'flush')} ({human_bytes(spool['bytes'])}), "
+            f"{relay['messages_done']} done"
+        )
+        if spool["commit_failures"]:
+            note += f", {spool['commit_failures']} failed commits"
+    return (
+        '<section class="relay" id="relay"><h2>Relay <small>messages and recipients</small></h2>'
+        f'<ul class="tiles">{"".join(tiles)}</ul><p class="note">{_e(note)}</p></section>'
     )
 
 
@@ -338,7 +438,9 @@ def render_page(snap: dict[str, Any], refresh: int = REFRESH) -> str:
             "(see the log); the previous configuration is running.</p>"
         )
     legend = "".join(f'<li class="{cls}">{_e(text)}</li>' for cls, text in _LEGEND)
-    sections = [_frontend_section(f) for f in snap["frontends"]]
+    relay = snap.get("relay")
+    sections = [_relay_section(relay)] if relay is not None else []
+    sections += [_frontend_section(f) for f in snap["frontends"]]
     sections += [_backend_section(b) for b in snap["backends"]]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -445,5 +547,7 @@ class AdminSite(Site):
 
 
 def _plural(count: int, noun: str) -> str:
-    """``1 session``, ``2 sessions``."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+    """``1 session``, ``2 sessions``, ``2 flushes``."""
+    if count == 1:
+        return f"{count} {noun}"
+    return f"{count} {noun}es" if noun.endswith(("s", "sh", "ch", "x")) else f"{count} {noun}s"

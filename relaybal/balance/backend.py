@@ -29,12 +29,13 @@ from collections import deque
 from collections.abc import Callable, Container, Sequence
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from relaybal.balance.base import BalanceAlgorithm, Candidate
 from relaybal.balance.registry import make_algorithm
-from relaybal.balance.stick import StickTable
+from relaybal.balance.stick import IStickShare, StickTable
 from relaybal.config import ADMIN_STATES, BackendConfig, CheckConfig, ServerConfig
 from relaybal.health.state import CheckResult, HealthCounter, Outcome
 
@@ -433,6 +434,8 @@ class Backend:
         self.stick: StickTable | None = (
             StickTable(config.stick.size, config.stick.expire) if config.stick is not None else None
         )
+        self.stick_share: IStickShare | None = None
+        """The stick table shared through ``[global] shared_state`` (set by the service), or None."""
         self._listeners: list[ServerListener] = []
         self._ramps: dict[Server, IDelayedCall] = {}
         now = clock.seconds()
@@ -494,12 +497,25 @@ class Backend:
         chosen = algorithm.pick(candidates, key)
         return chosen  # type: ignore[return-value]  # always one of our Servers
 
+    def prefetch(self, key: bytes | None) -> Deferred[None] | None:
+        """With a shared stick table: a Deferred that fires once ``key``'s shared entry is local.
+
+        None (nothing to wait for) without a stick table, a share or a key.
+        The Deferred never fails and fires within ``shared_state.timeout``.
+        """
+        share = self.stick_share
+        if share is None or key is None or self.stick is None:
+            return None
+        return share.prefetch(key)
+
     def connected(self, server: Server, key: bytes | None) -> None:
         """A unit for client ``key`` is now being served by ``server``."""
         server.record_success()
         stick = self.stick
         if stick is not None and key is not None:
             stick.record(key, server.name, self.clock.seconds())
+            if self.stick_share is not None:
+                self.stick_share.record(key, server.name)
 
     def can_queue(self, exclude: Container[Server] = ()) -> bool:
         """True when usable servers exist but all are at their maxconn."""

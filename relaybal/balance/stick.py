@@ -18,6 +18,26 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import attrs
+from twisted.internet.defer import Deferred
+from zope.interface import Interface
+
+
+class IStickShare(Interface):
+    """A backend's stick table shared with other relaybal processes (``[global] shared_state``).
+
+    The local :class:`StickTable` stays the one :meth:`Backend.pick` reads,
+    synchronously; a share keeps it in step with the shared copy around each
+    choice.
+    """
+
+    def prefetch(key: bytes) -> Deferred[None]:
+        """Bring the shared entry for ``key`` into the local table; never fails, bounded in time."""
+
+    def record(key: bytes, server: str) -> None:
+        """``key`` now uses ``server`` (already recorded locally): share it."""
+
+    def forget(key: bytes | None) -> None:
+        """Remove ``key``'s shared entry (None: every entry of the table)."""
 
 
 @attrs.frozen

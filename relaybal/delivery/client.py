@@ -27,18 +27,25 @@ What happens on the wire:
   chunk (:data:`BODY_CHUNK`) is the most the client holds of a body.
 - ``RSET`` precedes ``MAIL`` only when the previous transaction did not end
   with the reply to the final dot (after that the server has reset itself).
-- ``XCLIENT`` (Postfix) is sent before each transaction that has a
-  :class:`ClientIdentity`, with every attribute the server lists that we know
-  (unknown values as ``[UNAVAILABLE]``, so nothing of a previous client
-  survives), split into commands of at most 512 octets; a ``220`` answer is a
-  new greeting, so ``EHLO`` is sent again (``STARTTLS`` is not: TLS stays). A
-  transaction without an identity on a connection that carries another
-  client's identity resets it to our own (our address, our EHLO name).
-  ``XCLIENT`` refused for a reason that concerns the command (``500``,
-  ``501``, ``502``, ``503``, ``550``: not implemented, syntax, not authorized)
-  is logged once and the connection goes on without it; any other refusal is
-  the gateway refusing that client (a connection-level access decision): every
-  recipient gets that reply and the connection is closed.
+- ``XCLIENT`` (Postfix) puts each transaction's :class:`ClientIdentity` in
+  effect before ``MAIL`` unless the session already carries exactly that
+  identity: every attribute the server lists that we know is sent (unknown
+  values as ``[UNAVAILABLE]``, so nothing of a previous client survives), in
+  commands of at most 512 octets; a ``220`` answer is a new greeting, so
+  ``EHLO`` is sent again (``STARTTLS`` is not: TLS stays). A transaction
+  without an identity on a session that carries another client's resets it
+  to our own (our address, our EHLO name). Postfix checks
+  ``smtpd_authorized_xclient_hosts`` against the address XCLIENT gave: unless
+  the client addresses are authorized too, a session can carry one outside
+  client only, and a transaction for another one fails with
+  :class:`IdentityConflict` before anything is sent
+  (:meth:`SMTPClientConnection.can_carry` tells beforehand). ``XCLIENT``
+  refused on a fresh session for a reason that concerns the command
+  (``500``, ``501``, ``502``, ``503``, ``550``: not implemented, syntax, not
+  authorized) is logged once and the connection goes on without it; any
+  other refusal is the gateway refusing that client (a connection-level
+  access decision): every recipient gets that reply and the connection is
+  closed.
 - ``XFORWARD`` is pipelined before ``MAIL`` when ``XCLIENT`` was not used; a
   refusal is logged once and the transaction goes on.
 - ``STARTTLS``: ``opportunistic`` uses it when offered and goes on in plain
@@ -339,6 +346,20 @@ class MissingExtension(DeliveryError):
         self.extension = extension
 
 
+class IdentityConflict(DeliveryError):
+    """The session carries another client's XCLIENT identity and cannot be switched to this one.
+
+    Nothing of the transaction was sent and the connection stays usable for
+    messages of the client whose identity it carries
+    (:attr:`SMTPClientConnection.identity`, see
+    :meth:`~SMTPClientConnection.can_carry`). ``retry_elsewhere`` is True: on
+    another connection (a new one to the same gateway will do).
+    """
+
+    def __init__(self, message: str, *, reply: SMTPReply | None = None) -> None:
+        super().__init__(message, reply=reply, retry_elsewhere=True)
+
+
 # --------------------------------------------------------------------------- settings
 
 _TLS_MODES: Final = ("none", "opportunistic", "required")
@@ -460,12 +481,12 @@ def xclient_commands(identity: ClientIdentity, supported: Iterable[str]) -> list
     """The ``XCLIENT`` command lines for ``identity``, limited to the ``supported`` attributes."""
     offered = {name.upper() for name in supported}
     values: dict[str, str | None] = {
-        "NAME": identity.name,
+        "NAME": identity.name or None,
         "ADDR": _address_attr(identity.addr),
         "PORT": _port_attr(identity.port),
         "PROTO": _proto_attr(identity.proto),
-        "HELO": identity.helo,
-        "LOGIN": identity.login,
+        "HELO": identity.helo or None,
+        "LOGIN": identity.login or None,
         "DESTADDR": _address_attr(identity.destaddr),
         "DESTPORT": _port_attr(identity.destport),
     }
@@ -487,11 +508,11 @@ def xforward_commands(identity: ClientIdentity | None, queue_id: str, supported:
             ip = ipaddress.ip_address(addr[5:] if addr.startswith("IPV6:") else addr)
             source = "LOCAL" if ip.is_loopback else "REMOTE"
         values |= {
-            "NAME": identity.name,
+            "NAME": identity.name or None,
             "ADDR": addr,
             "PORT": _port_attr(identity.port),
             "PROTO": identity.proto or None,
-            "HELO": identity.helo,
+            "HELO": identity.helo or None,
             "SOURCE": source,
         }
     return pack_commands(
@@ -576,11 +597,11 @@ class SMTPClientConnection(TwistedProtocol):
         self._lost_waiters: list[Deferred[None]] = []
         self._lost_reported = False
         self._error: DeliveryError | None = None
-        self._closed_how = ""
         self._dot_sent = False
         self._paused = False
         self._needs_rset = False
-        self._foreign_identity = False
+        #: The client identity XCLIENT put in effect on the session (None: our own).
+        self._identity: ClientIdentity | None = None
         self._xclient_off = False
         self._xforward_refusal_logged = False
 
@@ -597,6 +618,25 @@ class SMTPClientConnection(TwistedProtocol):
         return (
             self._connected and self._opened and not self._busy and not self._quitting and self._error is None
         )
+
+    @property
+    def identity(self) -> ClientIdentity | None:
+        """The client identity XCLIENT put in effect on the session; None while it is our own."""
+        return self._identity
+
+    def can_carry(self, client: ClientIdentity | None) -> bool:
+        """Whether a transaction for ``client`` may run here without another client's identity.
+
+        False when the session carries another client's XCLIENT identity and
+        XCLIENT is no longer offered or was refused: Postfix checks
+        ``smtpd_authorized_xclient_hosts`` against the address XCLIENT gave, so
+        after one XCLIENT for an outside client the session keeps that
+        identity unless the client addresses are authorized too. Such a
+        connection stays good for further messages of the same client.
+        """
+        if not self.settings.xclient or client == self._identity or self._identity is None:
+            return True
+        return "XCLIENT" in self.extensions and not self._xclient_off
 
     # ------------------------------------------------------------------ transport events
 
@@ -663,11 +703,23 @@ class SMTPClientConnection(TwistedProtocol):
     # ------------------------------------------------------------------ public operations
 
     def deliver(self, txn: Transaction) -> Deferred[TransactionResult]:
-        """Run one transaction; fails with :class:`DeliveryError` or :class:`MissingExtension`."""
+        """Run one transaction.
+
+        Fails with :class:`DeliveryError` (the connection is then gone), or,
+        with nothing sent and the connection still usable, with
+        :class:`MissingExtension`, :class:`IdentityConflict`, or a
+        :class:`DeliveryError` for a transaction that cannot be sent at all (no
+        recipients, control characters in an address, unknown body type).
+        """
         if not self.usable:
             return fail(DeliveryError(f"{self._where}: connection not usable", retry_elsewhere=True))
         try:
             mail = self._mail_command(txn)
+            if not self.can_carry(txn.client):
+                raise IdentityConflict(
+                    f"{self._where}: the session carries another client's XCLIENT identity"
+                    " and the gateway no longer accepts XCLIENT"
+                )
         except DeliveryError as e:
             return fail(e)
         self._busy = True
@@ -855,10 +907,9 @@ class SMTPClientConnection(TwistedProtocol):
         settings = self.settings
         rset = self._needs_rset
         self._needs_rset = True  # until the reply to the final dot
-        used_xclient = False
         if self._wants_xclient(txn):
-            used_xclient, rejection = await self._xclient(txn, rset)
-            rset = False
+            rejection, rset_done = await self._xclient(txn, rset)
+            rset = rset and not rset_done
             if rejection is not None:
                 self._fail(
                     DeliveryError(
@@ -868,6 +919,7 @@ class SMTPClientConnection(TwistedProtocol):
                 )
                 return TransactionResult((rejection,) * len(txn.recipients), None)
         xforward: list[str] = []
+        used_xclient = txn.client is not None and txn.client == self._identity
         if settings.xforward and not used_xclient and "XFORWARD" in self.extensions:
             xforward = xforward_commands(txn.client, txn.queue_id, self.extensions["XFORWARD"].split())
         timeout = settings.timeout_command
@@ -947,7 +999,12 @@ class SMTPClientConnection(TwistedProtocol):
                 f"{self._where}: internal error: {error!r}", retry_elsewhere=True, after_dot=self._dot_sent
             )
         if self._error is None:
-            self._fail(error, _ABORT)
+            if isinstance(error, IdentityConflict):
+                # Nothing but RSET and a refused XCLIENT were sent: the session is as it was, reset.
+                self._busy = False
+                self._needs_rset = False
+            else:
+                self._fail(error, _ABORT)
         return error
 
     async def _rset_reply(self) -> None:
@@ -966,7 +1023,7 @@ class SMTPClientConnection(TwistedProtocol):
     def _wants_xclient(self, txn: Transaction) -> bool:
         if not self.settings.xclient or self._xclient_off or "XCLIENT" not in self.extensions:
             return False
-        return txn.client is not None or self._foreign_identity
+        return txn.client != self._identity
 
     def _own_identity(self) -> ClientIdentity:
         """Ourselves as the client: what a transaction without an identity resets XCLIENT to."""
@@ -984,14 +1041,20 @@ class SMTPClientConnection(TwistedProtocol):
             destport=getattr(peer, "port", None),
         )
 
-    async def _xclient(self, txn: Transaction, rset: bool) -> tuple[bool, SMTPReply | None]:
-        """Send XCLIENT; (whether it took effect, the gateway's rejection of the client if any)."""
+    async def _xclient(self, txn: Transaction, rset: bool) -> tuple[SMTPReply | None, bool]:
+        """Put ``txn.client`` (or ourselves) in effect.
+
+        Returns the gateway's rejection of that client (None if it took it, or
+        if the transaction goes on without XCLIENT) and whether the pending
+        RSET was sent.
+        """
         identity = txn.client or self._own_identity()
         commands = xclient_commands(identity, self.extensions["XCLIENT"].split())
         if not commands:
-            return False, None
+            self._xclient_off = True  # it lists no attribute we know
+            return None, False
         timeout = self.settings.timeout_command
-        was_foreign = self._foreign_identity
+        switching = self._identity is not None
         # Each XCLIENT restarts the session, so each one ends its command group (XCLIENT_README);
         # a pending RSET goes in the first group.
         replies: list[SMTPReply] = []
@@ -1012,11 +1075,11 @@ class SMTPClientConnection(TwistedProtocol):
                 break
         refused = replies[-1] if replies[-1].kind != 2 else None
         if refused is None:
-            self._foreign_identity = txn.client is not None
+            self._identity = txn.client
             if any(reply.code == 220 for reply in replies):
                 await self._hello()  # a new greeting: the session starts over (TLS stays)
-            return True, None
-        if len(replies) > 1 or was_foreign:
+            return None, rset
+        if len(replies) > 1:
             # The session now carries a mix of two clients' attributes: it must not carry a message.
             raise self._fail(
                 DeliveryError(
@@ -1024,15 +1087,20 @@ class SMTPClientConnection(TwistedProtocol):
                 ),
                 _QUIT,
             )
-        if refused.code in _XCLIENT_NOT_FOR_US:
-            self._xclient_off = True
-            log.warn(
-                "{where}: XCLIENT refused, delivering without it on this connection: {reply}",
-                where=self._where,
-                reply=str(refused),
-            )
-            return False, None
-        return False, refused
+        if refused.code not in _XCLIENT_NOT_FOR_US:
+            return refused, rset  # the gateway refuses that client
+        self._xclient_off = True
+        if switching:
+            # The previous client's identity is still in effect: not for this message.
+            log.warn("{where}: XCLIENT refused, connection kept for its current client: {reply}",
+                     where=self._where, reply=str(refused))  # fmt: skip
+            raise IdentityConflict(f"{self._where}: XCLIENT refused: {refused}", reply=refused)
+        log.warn(
+            "{where}: XCLIENT refused, delivering without it on this connection: {reply}",
+            where=self._where,
+            reply=str(refused),
+        )
+        return None, rset
 
     async def _send_body(self, txn: Transaction) -> None:
         transport = self._t()
@@ -1186,7 +1254,6 @@ class SMTPClientConnection(TwistedProtocol):
         """
         if self._error is None:
             self._error = error
-            self._closed_how = how
             transport = self.transport
             if transport is not None and self._connected:
                 if how == _ABORT:
@@ -1291,6 +1358,7 @@ __all__ = [
     "ClientIdentity",
     "ClientSettings",
     "DeliveryError",
+    "IdentityConflict",
     "MissingExtension",
     "ReplyError",
     "ReplyParser",

@@ -132,18 +132,41 @@ class GatewayPool:
         return job.done
 
     def _pump(self) -> None:
-        while self._waiting and self._idle:
-            conn = self._idle.pop()
-            timer = self._idle_timers.pop(conn, None)
-            if timer is not None and timer.active():
-                timer.cancel()
-            if not conn.usable:
-                continue
-            self._run(conn, self._waiting.popleft())
+        # Each waiting transaction, in order, takes an idle connection that may carry its
+        # client (with XCLIENT a connection may be bound to one client's identity).
+        idle = self._idle
+        if self._waiting and idle:
+            for job in list(self._waiting):
+                conn = next((c for c in reversed(idle) if c.usable and c.can_carry(job.txn.client)), None)
+                if conn is None:
+                    continue
+                idle.remove(conn)
+                self._cancel_idle_timer(conn)
+                self._waiting.remove(job)
+                self._run(conn, job)
+                if not idle:
+                    break
+            for conn in [c for c in idle if not c.usable]:
+                idle.remove(conn)
+                self._cancel_idle_timer(conn)
+        if self._closing is not None:
+            return
         wanted = len(self._waiting) - self._connecting
-        while wanted > 0 and self.connections + self._connecting < self.size and self._closing is None:
+        while wanted > 0:
+            if self.connections + self._connecting >= self.size:
+                if not idle:
+                    break
+                # Full of idle connections that cannot take these clients: make room.
+                conn = idle.pop(0)
+                self._cancel_idle_timer(conn)
+                self._quit(conn)
             wanted -= 1
             self._open()
+
+    def _cancel_idle_timer(self, conn: SMTPClientConnection) -> None:
+        timer = self._idle_timers.pop(conn, None)
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _open(self) -> None:
         self._connecting += 1

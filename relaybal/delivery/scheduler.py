@@ -50,6 +50,7 @@ from relaybal.delivery.bounce import FailedRecipient, build_bounce, needs_bounce
 from relaybal.delivery.client import (
     ClientIdentity,
     DeliveryError,
+    IdentityConflict,
     MissingExtension,
     Transaction,
     TransactionResult,
@@ -496,7 +497,9 @@ class Scheduler:
                         queue_id=message.queue_id,
                         server=f"{server.backend_name}/{server.name}",
                     )
-                if reply is not None and reply.code >= 500 and not error.retry_elsewhere:
+                permanent = not error.retry_elsewhere and (reply is None or reply.code >= 500)
+                if permanent:
+                    # The gateway refused it for good, or it cannot be sent at all (a bad address).
                     for i in pending:
                         work.updates[i] = message.recipients[i].bounced(summary)
                         work.replies[i] = summary
@@ -505,7 +508,8 @@ class Scheduler:
                     still = pending
                     for i in pending:
                         work.replies[i] = summary
-                    server.record_failure(summary)
+                    if not isinstance(error, IdentityConflict):
+                        server.record_failure(summary)
             else:
                 log.failure("{queue_id}: delivery to {server} failed", result, queue_id=message.queue_id,
                             server=f"{server.backend_name}/{server.name}")  # fmt: skip
@@ -601,7 +605,8 @@ class Scheduler:
                     expiry = f"{last} (delivery time expired after {attempts} attempts)"
                     work.updates[i] = current[i].bounced(expiry)
             else:
-                due = HELD if queue_id in self._held else now + backoff(self.schedule, attempts)
+                schedule = work.backend.config.retry_schedule
+                due = HELD if queue_id in self._held else now + backoff(schedule, attempts)
                 for i in work.pending:
                     work.updates[i] = current[i].deferred(due, work.replies.get(i))
         self._track(self._save(work))

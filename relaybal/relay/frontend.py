@@ -1,12 +1,14 @@
 """A relay listener: builds :class:`~relaybal.smtp.server.ESMTPServer` sessions and counts them.
 
 :func:`build_relay_frontend` turns a frontend's configuration into a
-:class:`RelayFrontend`, loading its certificate and users file (a problem is a
-:class:`RelaySetupError` naming the key, and the daemon does not start).
+:class:`RelayFrontend`, loading its certificate and users file and building
+its policy chain (a problem is a :class:`RelaySetupError` naming the key, and
+the daemon does not start).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from cryptography import x509
@@ -20,7 +22,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from relaybal.balance.backend import Backend
-from relaybal.config import FrontendConfig, TLSServerConfig
+from relaybal.config import FrontendConfig, PolicyConfig, TLSServerConfig
 from relaybal.netaddr import ClientCounts
 from relaybal.relay.interfaces import IMessageSink, ISessionPolicy
 from relaybal.relay.memory import MemoryMessageSink
@@ -142,6 +144,9 @@ class RelayFrontend(Factory):
     def stopFactory(self) -> None:
         if self.auth_pool is not None and self.auth_pool.started:
             self.auth_pool.stop()
+        close = getattr(self.policy, "close", None)
+        if close is not None:
+            close()  # idle policy-server connections and the like; sessions still open keep working
 
     # -- accounting
 
@@ -179,12 +184,21 @@ def build_relay_frontend(
     reactor: Any,
     sink: IMessageSink | None = None,
     policy: ISessionPolicy | None = None,
+    *,
+    policies: Mapping[str, PolicyConfig] | None = None,
+    state_dir: str = ".",
+    bucket_store: Any = None,
 ) -> RelayFrontend:
-    """A :class:`RelayFrontend` for ``config``: certificate and users file loaded.
+    """A :class:`RelayFrontend` for ``config``: certificate and users file loaded, policy chain built.
 
     Without ``sink`` the messages go to an in-memory sink that counts them and
-    keeps nothing (the spool does not exist yet). Raises :class:`RelaySetupError` with
-    the dotted key of the problem.
+    keeps nothing. Without ``policy``, the frontend's ``policies`` are built
+    from ``policies`` (the configuration's ``[policy.NAME]`` tables): a
+    :class:`~relaybal.policy.chain.PolicyChain`, or loopback-only relaying
+    when it lists none; ``bucket_store`` (an
+    :class:`~relaybal.policy.builtin.ratelimit.IBucketStore` shared between
+    processes) replaces ``ratelimit``'s in-memory buckets. Raises
+    :class:`RelaySetupError` with the dotted key of the problem.
     """
     tls_options = None
     if config.tls is not None:
@@ -207,6 +221,17 @@ def build_relay_frontend(
         portal = auth.make_portal(users, run)
     if sink is None:
         sink = MemoryMessageSink(reactor.seconds, keep=0)
+    if policy is None and config.policies:
+        from relaybal.policy.discovery import build_policy_chain
+        from relaybal.policy.plugin import PolicySetupError
+
+        try:
+            policy = build_policy_chain(
+                config, policies or {}, reactor, state_dir=state_dir, hostname=config.hostname or "localhost",
+                bucket_store=bucket_store,
+            )  # fmt: skip
+        except PolicySetupError as e:
+            raise RelaySetupError(str(e)) from None
     return RelayFrontend(
         config, backend, reactor, sink=sink, policy=policy, tls_options=tls_options, portal=portal,
         auth_pool=pool,

@@ -6,14 +6,17 @@
   cut-through delivery implement these; :mod:`relaybal.relay.memory` is an
   in-memory one.
 - :class:`ISessionPolicy`: asked at each stage of a session (connect, HELO,
-  MAIL, RCPT, DATA, end of data). An answer may be a :class:`~relaybal.smtp.wire.Reply`,
+  AUTH, MAIL, RCPT, DATA, end of data). An answer may be a :class:`~relaybal.smtp.wire.Reply`,
   None ("no opinion": go on) or a Deferred of either; the server reads no
   further command while an answer is pending, so pipelined replies stay in
-  order.
+  order. The policy chain (:class:`relaybal.policy.chain.PolicyChain`) is the
+  implementation configured frontends use; plugin authors write
+  :class:`relaybal.interfaces.IRelayPolicy` instead.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from typing import TypeAlias
 
@@ -48,6 +51,20 @@ class TLSInfo:
     bits: int
 
 
+_session_ids = itertools.count(1)
+
+
+def _next_session_id() -> str:
+    return f"{next(_session_ids):x}"
+
+
+#: Scopes of a relay permission a policy granted before RCPT (see :attr:`SessionState.relay_permits`).
+SESSION_SCOPE = "session"
+HELO_SCOPE = "helo"
+AUTH_SCOPE = "auth"
+TRANSACTION_SCOPE = "transaction"
+
+
 @attrs.define
 class SessionState:
     """What a session knows about its client and its current transaction.
@@ -56,6 +73,11 @@ class SessionState:
     (from the PROXY header when one was read), None for a non-IP client such
     as a UNIX socket; ``proxy`` is the address the connection came from when a
     PROXY header was read.
+
+    ``relay_permits`` belongs to the policy chain: which policy allowed
+    relaying, by scope (``session`` from connect, ``helo``, ``auth``,
+    ``transaction`` from MAIL); each scope is forgotten when what it was
+    granted for ends (:meth:`reset_transaction`, :meth:`restart_after_tls`).
     """
 
     frontend: str
@@ -66,12 +88,20 @@ class SessionState:
     esmtp: bool = False
     tls: TLSInfo | None = None
     user: str | None = None
+    session_id: str = attrs.field(factory=_next_session_id)
+    reverse_name: str | None = None
+    tls_client_subject: str | None = None
+    auth_mechanism: str | None = None
+    relay_permits: dict[str, str] = attrs.field(factory=dict)
     # the transaction
+    transaction: int = 0
     sender: Mailbox | None = None
     mail_params: Mapping[str, str | None] = attrs.field(factory=dict)
     recipients: list[Mailbox] = attrs.field(factory=list)
     smtputf8: bool = False
     body_type: str = "7BIT"
+    queue_id: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def client_host(self) -> str | None:
@@ -79,11 +109,25 @@ class SessionState:
 
     def reset_transaction(self) -> None:
         """Forget the sender and recipients (RSET, end of a message, EHLO)."""
+        self.transaction += 1
         self.sender = None
         self.mail_params = {}
         self.recipients = []
         self.smtputf8 = False
         self.body_type = "7BIT"
+        self.queue_id = None
+        self.headers = ()
+        self.relay_permits.pop(TRANSACTION_SCOPE, None)
+
+    def restart_after_tls(self) -> None:
+        """STARTTLS: the session starts over (RFC 3207), keeping only the client's address."""
+        self.helo = None
+        self.esmtp = False
+        self.user = None
+        self.auth_mechanism = None
+        self.relay_permits.pop(HELO_SCOPE, None)
+        self.relay_permits.pop(AUTH_SCOPE, None)
+        self.reset_transaction()
 
 
 @attrs.frozen
@@ -163,15 +207,24 @@ class ISessionPolicy(Interface):
 
     Every method returns a :data:`Decision`: None to let the default answer
     stand, a :class:`~relaybal.smtp.wire.Reply` to answer with it (a 4xx/5xx
-    refuses the command; a 2xx replaces the default wording), or a Deferred
-    of either. A failed Deferred or an exception answers ``451 4.3.0``.
+    refuses the command; a 2xx replaces the default wording; a ``421`` is
+    sent and the connection closed), or a Deferred of either. A failed
+    Deferred or an exception answers ``451 4.3.0``.
     """
+
+    wants_headers = Attribute(
+        "bool (optional, default False): the server collects the message's header block "
+        "into SessionState.headers before calling message()"
+    )
 
     def connect(state: SessionState) -> Decision:
         """A client connected (its real address is known); a refusal is sent instead of the greeting."""
 
     def helo(state: SessionState, name: str) -> Decision:
         """HELO or EHLO ``name``."""
+
+    def auth(state: SessionState) -> Decision:
+        """AUTH succeeded (``state.user`` is set); a refusal is sent instead of ``235`` and undoes it."""
 
     def mail(state: SessionState, sender: Mailbox, params: Mapping[str, str | None]) -> Decision:
         """MAIL FROM, after syntax and size checks."""
@@ -183,4 +236,8 @@ class ISessionPolicy(Interface):
         """DATA or the first BDAT, before the sink is asked."""
 
     def message(state: SessionState, envelope: Envelope, size: int) -> Decision:
-        """The whole body was received cleanly (``size`` octets), before it is committed."""
+        """The whole body was received cleanly (``size`` octets), before it is committed.
+
+        ``state.queue_id`` is the message's queue ID; ``state.headers`` its
+        header block when :attr:`wants_headers`.
+        """

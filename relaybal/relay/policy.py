@@ -1,6 +1,7 @@
 """The policy a relay frontend applies when it names no policies: relay for loopback only.
 
-The policy chain (``policies = [...]``) will replace this; the seam is
+A frontend with ``policies = [...]`` gets a
+:class:`~relaybal.policy.chain.PolicyChain` instead; both sit behind
 :class:`~relaybal.relay.interfaces.ISessionPolicy`.
 """
 
@@ -33,10 +34,15 @@ def is_local_client(host: str | None) -> bool:
 class LoopbackRelayPolicy:
     """Lets loopback clients relay; every other client hears ``554 5.7.1`` at RCPT."""
 
+    wants_headers = False
+
     def connect(self, state: SessionState) -> Decision:
         return None
 
     def helo(self, state: SessionState, name: str) -> Decision:
+        return None
+
+    def auth(self, state: SessionState) -> Decision:
         return None
 
     def mail(self, state: SessionState, sender: Mailbox, params: Mapping[str, str | None]) -> Decision:

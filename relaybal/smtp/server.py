@@ -82,6 +82,8 @@ MAX_PROTOCOL_ERRORS: Final = 20
 MAX_AUTH_FAILURES: Final = 3
 #: Longest AUTH response line (RFC 4954 section 4: 12288 octets).
 MAX_AUTH_LINE: Final = 12288
+#: Most of a message's header block kept for policies that look at headers.
+MAX_HEADER_BLOCK: Final = 64 * 1024
 #: Verbs of other protocols: a browser or proxy talking to the SMTP port is cut off.
 FOREIGN_VERBS: Final = frozenset({b"GET", b"POST", b"HEAD", b"PUT", b"CONNECT", b"OPTIONS"})
 
@@ -207,6 +209,10 @@ class ESMTPServer(Protocol):
         # AUTH in progress
         self._auth_mechanism = ""
         self._auth_username = b""
+        # The header block, collected for policies that look at it (end of data).
+        self._want_headers = bool(getattr(self.policy, "wants_headers", False))
+        self._header_buf: bytearray | None = None
+        self._header_block = b""
 
     # ------------------------------------------------------------------ connection
 
@@ -503,9 +509,18 @@ class ESMTPServer(Protocol):
         replies to pipelined commands leave in order.
         """
         if not isinstance(decision, Deferred):
-            then(decision)
+            self._answered(decision, then)
             return
-        self._wait(decision, then, failed)
+        self._wait(decision, lambda answer: self._answered(answer, then), failed)
+
+    def _answered(self, answer: Reply | None, then: Callable[[Reply | None], None]) -> None:
+        """A policy's ``421`` closes the session at any stage; any other answer goes to ``then``."""
+        if isinstance(answer, Reply) and answer.code == 421:
+            self._abort_message()
+            self._log_reject(answer)
+            self._refuse(answer.encode(), "disconnected by policy")
+            return
+        then(answer)
 
     def _wait(
         self, d: Deferred[Any], then: Callable[[Any], None], failed: Callable[[Failure], None] | None = None
@@ -523,7 +538,7 @@ class ESMTPServer(Protocol):
                 return
             self.last_activity = self._seconds()
             self._settle(result, then, failed)
-            if self.mode != CLOSED:
+            if self.mode != CLOSED and not self._waiting:  # ``then`` may have started another wait
                 self._resume("wait")
             if not self._running:
                 try:
@@ -679,11 +694,20 @@ class ESMTPServer(Protocol):
 
     def _hello(self, args: bytes, esmtp: bool) -> None:
         name = check_helo_name(args)
+        if self._tls_fresh:
+            # The client spoke through TLS, so the handshake is done: record what it got
+            # (before the policy is asked, so that it sees it too).
+            self._tls_fresh = False
+            self.state.tls = _tls_info(self.transport)
+            self.state.tls_client_subject = _tls_client_subject(self.transport)
+        previous_esmtp = self.state.esmtp
+        self.state.esmtp = esmtp  # the policy sees which greeting this is; undone if it is refused
 
         def then(answer: Reply | None) -> None:
             s = self.settings
             state = self.state
             if answer is not None and not answer.positive:
+                state.esmtp = previous_esmtp
                 self._log_reject(answer, f" helo={name}")
                 self._send(answer.encode())
                 return
@@ -691,10 +715,6 @@ class ESMTPServer(Protocol):
             state.reset_transaction()
             state.helo = name
             state.esmtp = esmtp
-            if self._tls_fresh:
-                # The client spoke through TLS, so the handshake is done: record what it got.
-                self._tls_fresh = False
-                state.tls = _tls_info(self.transport)
             if esmtp:
                 self._send(s.ehlo_reply(s.tls_available and state.tls is None, self._auth_offered()))
             else:
@@ -835,6 +855,10 @@ class ESMTPServer(Protocol):
         self._writer = writer
         self._envelope = envelope
         self._data_failed = False
+        self.state.queue_id = writer.queue_id
+        if self._want_headers:
+            self._header_buf = bytearray()
+            self._header_block = b""
         self._body_chunk(self._received_header(writer.queue_id, envelope))
         return None
 
@@ -869,12 +893,28 @@ class ESMTPServer(Protocol):
         writer = self._writer
         if writer is None:
             return
+        if self._header_buf is not None:
+            self._collect_headers(data)
         try:
             writer.write(data)
         except Exception:
             log.failure("{frontend}: message writer failed", Failure(), frontend=self.settings.frontend)
             self._data_failed = True
             self._abort_message(keep_scanner=True)
+
+    def _collect_headers(self, data: bytes) -> None:
+        """Keep the header block (up to the first empty line, at most MAX_HEADER_BLOCK octets)."""
+        buf = self._header_buf
+        assert buf is not None
+        start = max(0, len(buf) - 3)
+        buf += data[: MAX_HEADER_BLOCK + 4 - len(buf)]
+        end = buf.find(b"\r\n\r\n", start)
+        if end >= 0:
+            self._header_block = bytes(buf[: end + 2])
+            self._header_buf = None
+        elif len(buf) > MAX_HEADER_BLOCK:
+            self._header_block = bytes(buf[:MAX_HEADER_BLOCK])
+            self._header_buf = None
 
     def _abort_message(self, keep_scanner: bool = False) -> None:
         writer = self._writer
@@ -919,6 +959,12 @@ class ESMTPServer(Protocol):
             self._send(answer.encode())
             return
         size = scanner.size
+        if self._want_headers:
+            if self._header_buf is not None:  # no empty line: the whole message is its header
+                self._header_block = bytes(self._header_buf)
+                self._header_buf = None
+            state.headers = parse_header_block(self._header_block)
+            self._header_block = b""
 
         def then(answer: Reply | None) -> None:
             if answer is not None and not answer.positive:
@@ -1092,10 +1138,7 @@ class ESMTPServer(Protocol):
         assert transport is not None
         transport.startTLS(tls_options)  # type: ignore[attr-defined]
         self._write = transport.write
-        state.helo = None
-        state.esmtp = False
-        state.user = None
-        state.reset_transaction()
+        state.restart_after_tls()
         state.tls = TLSInfo("TLS", "unknown", 0)  # details once the handshake is done
         self._tls_fresh = True
 
@@ -1156,9 +1199,23 @@ class ESMTPServer(Protocol):
         portal = self.frontend.portal
         assert portal is not None
 
+        mechanism = self._auth_mechanism
+
         def succeeded(name: str) -> None:
-            self.state.user = name
-            self._send(reply(235, "2.7.0", "Authentication successful"))
+            state = self.state
+            state.user = name
+            state.auth_mechanism = mechanism
+
+            def then(answer: Reply | None) -> None:
+                if answer is not None and not answer.positive:
+                    state.user = None
+                    state.auth_mechanism = None
+                    self._log_reject(answer, f" sasl_username={name}")
+                    self._send(answer.encode())
+                    return
+                self._send(reply(235, "2.7.0", "Authentication successful"))
+
+            self._ask(self.policy.auth(state), then)
 
         def failed(failure: Failure) -> None:
             if not failure.check(UnauthorizedLogin):
@@ -1203,6 +1260,40 @@ def _tls_info(transport: Any) -> TLSInfo:
         )
     except Exception:
         return TLSInfo("TLS", "unknown", 0)
+
+
+def _tls_client_subject(transport: Any) -> str | None:
+    """The subject of the client's TLS certificate (RFC 4514 form), if it sent one."""
+    try:
+        certificate = transport.getHandle().get_peer_certificate()
+        if certificate is None:
+            return None
+        return str(certificate.to_cryptography().subject.rfc4514_string())
+    except Exception:
+        return None
+
+
+def parse_header_block(block: bytes) -> tuple[tuple[str, str], ...]:
+    """``(name, value)`` pairs of a header block (CRLF lines); folded lines are unfolded.
+
+    Reading stops at the first line that is neither a header field nor a
+    continuation. Values are decoded as UTF-8 (undecodable octets replaced).
+    """
+    fields: list[list[str]] = []
+    for raw in block.split(b"\r\n"):
+        if not raw:
+            break
+        line = raw.decode("utf-8", "replace")
+        if line[0] in " \t":
+            if not fields:
+                break
+            fields[-1][1] += " " + line.strip()
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip() or not name.isprintable():
+            break
+        fields.append([name, value.strip()])
+    return tuple((name, value) for name, value in fields)
 
 
 def _discard(data: bytes) -> None:

@@ -287,7 +287,21 @@ class SpliceSession(Protocol):
         self.max_attempts = (
             max(retries, servers, 1) if self.backend.config.redispatch else max(retries, 1)
         )
-        self._next_attempt()
+        # A stick table shared through Redis is consulted first (bounded by its timeout).
+        shared = self.backend.prefetch(self._key())
+        if shared is None:
+            self._next_attempt()
+        else:
+            shared.addCallback(self._prefetched).addErrback(self._prefetch_failed)
+
+    def _prefetched(self, _: object) -> None:
+        if self.state == CONNECTING and self.server is None:  # not closed meanwhile
+            self._next_attempt()
+
+    def _prefetch_failed(self, failure: Failure) -> None:
+        log.failure("splice: choosing a server failed", failure)
+        if self.state != CLOSED:
+            self._no_server("internal error")
 
     # -- PROXY header in
 

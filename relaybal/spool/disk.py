@@ -48,6 +48,11 @@ class Disk:
     def open(self, path: str, flags: int, mode: int = 0o640) -> int:
         return os.open(path, flags | os.O_CLOEXEC, mode)
 
+    def free_space(self, path: str) -> int:
+        """Octets still free for unprivileged users on the file system that holds ``path``."""
+        st = os.statvfs(path)
+        return st.f_bavail * st.f_frsize
+
     def close(self, fd: int) -> None:
         os.close(fd)
 
@@ -138,6 +143,12 @@ class FlushPlan:
     records: tuple[Append | Copy, ...] = ()
     delete_segments: tuple[int, ...] = ()
     unlink: tuple[str, ...] = ()
+    #: new messages are written only if this many octets stay free after the flush; the other
+    #: records (removals, states, cancellations) may use them, so that space can come back
+    reserve: int = 0
+    #: when new messages are refused for lack of space, start a new segment: the current one is
+    #: mostly garbage and, sealed, can be deleted once its last live message is done
+    rotate_if_refused: bool = False
 
 
 @attrs.frozen
@@ -150,6 +161,8 @@ class FlushResult:
     offset: int
     deleted_segments: tuple[int, ...]
     unlink_failed: tuple[str, ...]
+    #: the records (by index) of new messages left out because the reserve was reached
+    refused: tuple[int, ...] = ()
 
 
 class FlushError(Exception):
@@ -218,17 +231,28 @@ class SegmentLog:
         no record of the plan may be considered durable. Removal failures are
         logged and reported, never raised (the records are durable by then).
         """
-        locations: list[Location | None] = []
-        if plan.records:
+        records = plan.records
+        refused = self._over_reserve(records, plan.reserve) if records and plan.reserve else ()
+        if refused:
+            records = tuple(r for i, r in enumerate(records) if i not in refused)
+            if plan.rotate_if_refused and not self.broken:
+                try:
+                    self.open_new_segment()
+                except OSError:
+                    log.failure("spool: starting a new segment to free space")
+        written: list[Location | None] = []
+        if records:
             try:
-                locations = self._append(plan.records)
+                written = self._append(records)
             except OSError as e:
                 self.broken = True
                 # Only new messages: cancelling a compaction copy would kill a live message.
                 self.cancel.extend(
-                    r.new_message for r in plan.records if isinstance(r, Append) and r.new_message is not None
+                    r.new_message for r in records if isinstance(r, Append) and r.new_message is not None
                 )
                 raise FlushError(e, self.seq, self.offset) from e
+        places = iter(written)
+        locations = [None if i in refused else next(places) for i in range(len(plan.records))]
         deleted: list[int] = []
         for seq in plan.delete_segments:
             try:
@@ -251,7 +275,19 @@ class SegmentLog:
             except OSError:
                 log.failure("spool: removing {path}", path=path)
                 failed.append(path)
-        return FlushResult(tuple(locations), self.seq, self.offset, tuple(deleted), tuple(failed))
+        return FlushResult(tuple(locations), self.seq, self.offset, tuple(deleted), tuple(failed), refused)
+
+    def _over_reserve(self, records: tuple[Append | Copy, ...], reserve: int) -> tuple[int, ...]:
+        """The new messages among ``records`` if writing them all would leave less than ``reserve`` free."""
+        new = tuple(i for i, r in enumerate(records) if isinstance(r, Append) and r.new_message is not None)
+        if not new:
+            return ()
+        need = sum(len(r.data) if isinstance(r, Append) else len(r.meta) + r.source[2] for r in records)
+        try:
+            free = self.disk.free_space(self.log_dir)
+        except OSError:
+            return ()  # cannot tell: the writes themselves will report a full disk
+        return new if free - need < reserve else ()
 
     def _append(self, records: tuple[Append | Copy, ...]) -> list[Location | None]:
         if self.broken or self.offset >= self.segment_size:

@@ -59,6 +59,9 @@ T = TypeVar("T")
 
 #: The reply for a full disk (RFC 3463: 4.3.1 mail system full).
 SPOOL_FULL: Final = Reply(452, "4.3.1", "Insufficient system storage")
+#: Free space (octets) new messages leave on the spool's file system: only removals and
+#: recipient states may use it, so that delivering queued mail can always free space.
+DEFAULT_MIN_FREE: Final = 1024 * 1024
 #: The reply when the spool is shutting down.
 SPOOL_CLOSING: Final = Reply(451, "4.3.2", "Service shutting down, try again later")
 
@@ -66,6 +69,9 @@ _NO_SPACE = frozenset((errno.ENOSPC, errno.EDQUOT))
 # Compaction copies at most this many messages per flush so client commits sharing the
 # flush are not held up by a large copy.
 _MOVES_PER_FLUSH = 256
+# When space runs short, the current segment is sealed (so it can be deleted) if at least this
+# much of it, and at least half, is garbage.
+_ROTATE_GARBAGE = 64 * 1024
 
 
 class SpoolLocked(Exception):
@@ -385,8 +391,10 @@ class SpoolStore:
         keep_sealed: int,
         owns_offloader: bool,
         body_cache: int = 32 * 1024 * 1024,
+        min_free: int = DEFAULT_MIN_FREE,
     ) -> None:
         self.directory = directory
+        self.min_free = min_free
         self.disk = disk
         self.recovery = report
         self.inline_limit = inline_limit
@@ -448,6 +456,7 @@ class SpoolStore:
         spill_chunk: int = 256 * 1024,
         keep_sealed: int = 1,
         body_cache: int = 32 * 1024 * 1024,
+        min_free: int = DEFAULT_MIN_FREE,
     ) -> SpoolStore:
         """Lock, recover and open the spool in ``directory`` (created if missing). Blocking: call at start-up.
 
@@ -457,7 +466,11 @@ class SpoolStore:
         ``keep_sealed`` how many full segments are left alone before the
         oldest one's live messages are copied forward. ``body_cache`` bytes
         of recently committed inline bodies are kept in memory for
-        :meth:`open_body` (0: none). Raises
+        :meth:`open_body` (0: none). A new message is refused (``452``)
+        rather than leave less than ``min_free`` octets free on the file
+        system: removals and recipient states may use that reserve, so a
+        spool that filled its disk can still record deliveries and free
+        space (0: no reserve). Raises
         :class:`SpoolLocked` if another process has the spool open, and
         :class:`OSError` if it cannot be read or written.
         """
@@ -509,6 +522,7 @@ class SpoolStore:
             keep_sealed=keep_sealed,
             owns_offloader=owns,
             body_cache=body_cache,
+            min_free=min_free,
         )
 
     # --- IMessageSink -------------------------------------------------------------
@@ -660,7 +674,9 @@ class SpoolStore:
                 if live.message.body_file is not None and live.readers == 0 and not live.unlink_planned:
                     live.unlink_planned = True
                     unlink.append(os.path.join(self.directory, BODIES_DIR, live.message.body_file))
-        plan = FlushPlan(tuple(item.record for item in batch), delete, tuple(unlink))
+        plan = FlushPlan(
+            tuple(item.record for item in batch), delete, tuple(unlink), self.min_free, self._worth_rotating()
+        )
         self._flushing = True
         d = self._submit(self._log.flush, plan)
         d.addCallbacks(self._flushed, self._flush_failed, callbackArgs=(batch,), errbackArgs=(batch,))
@@ -692,6 +708,12 @@ class SpoolStore:
             else:
                 record = Append(*fmt.encode_message_record(meta))
             self._pending.append(_MoveItem(queue_id, record))
+
+    def _worth_rotating(self) -> bool:
+        """Whether the current segment is mostly garbage (worth sealing when space runs short)."""
+        size = self._sizes.get(self._current, 0)
+        garbage = size - self._live_bytes.get(self._current, 0)
+        return garbage >= _ROTATE_GARBAGE and 2 * garbage >= size
 
     def _deletable(self) -> tuple[int, ...]:
         out = []
@@ -744,7 +766,16 @@ class SpoolStore:
         if batch:
             stats.flushes += 1
             stats.records += len(batch)
-        for item, location in zip(batch, result.locations, strict=True):
+        refused = set(result.refused)
+        if refused:
+            log.error("spool: less than {free} octets would stay free: {n} new messages refused",
+                      free=self.min_free, n=len(refused))  # fmt: skip
+        for index, (item, location) in enumerate(zip(batch, result.locations, strict=True)):
+            if index in refused:
+                assert isinstance(item, _CommitItem)
+                client = True  # keep maintaining: deleting segments is how space comes back
+                item.writer._failed(item.d, SinkError(SPOOL_FULL))
+                continue
             if isinstance(item, _CommitItem):
                 client = True
                 assert location is not None

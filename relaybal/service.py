@@ -7,6 +7,7 @@ import random
 import signal
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
@@ -108,6 +109,7 @@ class RelaybalService(MultiService):
         self.runtime = ProcessView(
             self.backends, self.frontends, reactor, hostname=config.global_.hostname,
             relay=lambda: RelayState(self.gateways, self.scheduler, self.spool),
+            policy_verdicts=self.policy_verdicts,
         )  # fmt: skip
         # The stats page: traffic history, Prometheus registry (other parts may register
         # collectors of their own in self.metrics), and the site itself.
@@ -222,6 +224,18 @@ class RelaybalService(MultiService):
                 backend.stick_share = None
         if error is not None:
             raise error
+
+    def policy_verdicts(self) -> dict[tuple[str, str], int]:
+        """The relay policies' decisions so far, by (policy, verdict), over every relay frontend.
+
+        Counts start again when a reload rebuilds a frontend (a changed policy table).
+        """
+        total: Counter[tuple[str, str]] = Counter()
+        for frontend in self.frontends.values():
+            verdicts = getattr(getattr(frontend, "policy", None), "verdicts", None)
+            if isinstance(verdicts, Counter):
+                total.update(verdicts)
+        return dict(total)
 
     def relay_backend(self, frontend: str) -> Backend | None:
         """The backend that messages received by relay frontend ``frontend`` go to (None if it is gone)."""

@@ -337,3 +337,32 @@ def test_queue_commands_through_the_runtime_socket(
     good.wait_for_count(1, 30)
     wait_until(lambda: listed() == [], 30, "an empty queue")
     assert numbers_delivered([good]) == Counter({1: 1})
+
+
+def test_sigterm_during_load_exits_0_and_loses_nothing(
+    sink_factory: Callable[..., SmtpSink], relaybal_factory: Callable[..., RelaybalDaemon], peer_dir: Path
+) -> None:
+    sinks = [sink_factory() for _ in range(3)]
+    daemon, port = start(relaybal_factory, peer_dir, sinks)
+    accepted: list[int] = []
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=_sender_thread, args=(port, 1 + t * 100_000, 100_000, accepted, stop))
+        for t in range(6)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: len(accepted) >= 600, 60, "600 messages accepted")
+        assert daemon.stop(timeout=60) == 0  # SIGTERM: drain, then exit 0
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    answered = set(accepted)
+    log = daemon.log()
+    assert "draining" in log and "Traceback" not in log
+    daemon.start([port])
+    wait_until(lambda: answered <= set(numbers_delivered(sinks)), 120, "every accepted message delivered")
+    transcript = send_one_message(port, sender="app@client.test", rcpts=["1user@example.test"])
+    assert transcript.accepted  # the restarted daemon takes mail again

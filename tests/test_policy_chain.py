@@ -451,3 +451,19 @@ def test_refusals_are_logged_with_the_policy_name(events: list[dict[str, Any]]) 
     session.rcpt("x@example.net")
     line = "relay: policy blocker refuses rcpt from 192.0.2.7: 550 5.7.1 No to=<x@example.net>"
     assert line in messages(events)
+
+
+def test_decisions_are_counted_by_policy_and_verdict() -> None:
+    trusted, limiter = Scripted(connect=PERMIT), Scripted()
+    runner = ChainRunner(("trusted", trusted), ("limiter", limiter))
+    session = through_mail(runner)
+    assert session.rcpt("a@example.net").accepted
+    limiter.answers["rcpt"] = LATER
+    assert not session.rcpt("b@example.net").accepted
+    limiter.answers["rcpt"] = NO
+    assert not session.rcpt("c@example.net").accepted
+    assert runner.chain.verdicts == {("trusted", "permit"): 1, ("limiter", "defer"): 1, ("limiter", "reject"): 1}
+    untrusted = through_mail(ChainRunner(Scripted()))
+    untrusted_runner_chain = untrusted.chain
+    assert not untrusted.rcpt("d@example.net").accepted
+    assert untrusted_runner_chain.verdicts == {("(none)", "reject"): 1}

@@ -32,6 +32,7 @@ Semantics (Postfix's restriction lists and Haraka's hooks are the models;
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -118,6 +119,10 @@ class PolicyChain:
             for stage in Stage
         }
         self.wants_headers = bool(self._stages[Stage.END_OF_DATA])
+        #: Decisions taken, by (policy name, verdict kind): what ``relaybal_policy_verdicts_total``
+        #: counts. A recipient refused because no policy permits relaying counts as
+        #: ("(none)", "reject"); a refusal counts as reject (5xx), defer (4xx) or disconnect (421).
+        self.verdicts: Counter[tuple[str, str]] = Counter()
 
     def __repr__(self) -> str:
         return f"<PolicyChain {self.frontend}: {', '.join(link.name for link in self.links)}>"
@@ -323,9 +328,13 @@ class PolicyChain:
                     break
         if refusal is None:
             scope = PERMIT_SCOPES.get(stage)
-            if kind is Kind.PERMIT and scope is not None and by is not None:
-                state.relay_permits[scope] = by
+            if kind is Kind.PERMIT and by is not None:
+                self.verdicts[(by, "permit")] += 1
+                if scope is not None:
+                    state.relay_permits[scope] = by
             return None
+        counted = "disconnect" if refusal.code == 421 else "reject" if refusal.code >= 500 else "defer"
+        self.verdicts[(by or "(none)", counted)] += 1
         if stage is Stage.CONNECT and refusal.code < 500 and refusal.code != 421:
             refusal = Reply(421, refusal.status, refusal.text)  # a greeting is 220, 421 or 554
         who = f"policy {by} refuses" if by is not None else "no policy permits relaying: refused"

@@ -133,6 +133,8 @@ class RelayFrontend(Factory):
         self.messages = 0
         self.bytes_in = 0
         self.per_client = ClientCounts()
+        self.draining = False
+        self.sessions: set[ESMTPServer] = set()
 
     def buildProtocol(self, addr: Any) -> ESMTPServer:
         return ESMTPServer(self)
@@ -150,8 +152,19 @@ class RelayFrontend(Factory):
 
     # -- accounting
 
+    def begin_drain(self) -> None:
+        """SIGTERM: keep listening, answer new clients ``421 4.3.2``, end sessions between transactions.
+
+        A session in the middle of a transaction finishes it (its message is
+        committed and answered) and is closed at its next command.
+        """
+        self.draining = True
+        for session in list(self.sessions):
+            session.drain()
+
     def session_started(self, session: ESMTPServer) -> bool:
         """Count a new session; False when it is over ``maxconn`` (it is refused, still counted)."""
+        self.sessions.add(session)
         self.current += 1
         self.total += 1
         self.max_current = max(self.max_current, self.current)
@@ -168,6 +181,7 @@ class RelayFrontend(Factory):
         return False
 
     def session_ended(self, session: ESMTPServer) -> None:
+        self.sessions.discard(session)
         self.current -= 1
         host = session.counted_client
         if host is not None:

@@ -236,6 +236,9 @@ class ESMTPServer(Protocol):
                 reply(421, "4.7.0", f"{self.settings.hostname} Error: too many connections"), "maxconn"
             )
             return
+        if self.frontend.draining:
+            self._refuse(self._shutting_down(), "draining")
+            return
         self._arm_timer()
         s = self.settings
         if (
@@ -635,8 +638,32 @@ class ESMTPServer(Protocol):
 
     # ------------------------------------------------------------------ commands
 
+    def _shutting_down(self) -> bytes:
+        return reply(421, "4.3.2", f"{self.settings.hostname} Service shutting down, try again later")
+
+    @property
+    def idle(self) -> bool:
+        """Between transactions, not waiting for an answer: a draining frontend may close it now."""
+        return (
+            self.mode == COMMAND
+            and self.state.sender is None
+            and not self._waiting
+            and self._writer is None
+            and not self._greeting_due
+            and not self._closing
+        )
+
+    def drain(self) -> None:
+        """The frontend drains: close now if idle, otherwise after the transaction in progress."""
+        if self.idle:
+            self._refuse(self._shutting_down(), "draining")
+
     def _command(self, line: bytes) -> None:
         verb, args = split_command(line)
+        if self.frontend.draining and self.state.sender is None and verb != b"QUIT":
+            # No transaction in progress: the session ends here (one in progress completes first).
+            self._refuse(self._shutting_down(), "draining")
+            return
         handler = _HANDLERS.get(verb)
         if handler is None:
             if verb in FOREIGN_VERBS or verb.endswith(b":"):

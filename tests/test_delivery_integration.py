@@ -366,3 +366,39 @@ def test_sigterm_during_load_exits_0_and_loses_nothing(
     wait_until(lambda: answered <= set(numbers_delivered(sinks)), 120, "every accepted message delivered")
     transcript = send_one_message(port, sender="app@client.test", rcpts=["1user@example.test"])
     assert transcript.accepted  # the restarted daemon takes mail again
+
+
+def test_reload_during_load_swaps_a_gateway_and_loses_nothing(
+    sink_factory: Callable[..., SmtpSink], relaybal_factory: Callable[..., RelaybalDaemon], peer_dir: Path
+) -> None:
+    first, second, third = sink_factory(), sink_factory(), sink_factory()
+    daemon, port = start(relaybal_factory, peer_dir, [first, second])
+    accepted: list[int] = []
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=_sender_thread, args=(port, 1 + t * 100_000, 100_000, accepted, stop))
+        for t in range(4)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: len(accepted) >= 300, 60, "300 messages accepted")
+        # gw1 leaves, a new server joins; a broken file first is refused and changes nothing.
+        assert daemon.pid is not None
+        daemon.config_path.write_text(relay_config(peer_dir, port, [second, third]) + "\n[backend.gw.bogus]\n")
+        os.kill(daemon.pid, signal.SIGHUP)
+        wait_until(lambda: "reload refused" in daemon.log().lower(), 10, "the broken reload refused")
+        daemon.config_path.write_text(relay_config(peer_dir, port, [second, third]))
+        os.kill(daemon.pid, signal.SIGHUP)
+        wait_until(lambda: "configuration reloaded" in daemon.log(), 10, "the reload")
+        before = len(accepted)
+        wait_until(lambda: len(accepted) >= before + 300, 60, "300 more messages accepted")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    answered = set(accepted)
+    sinks = [first, second, third]
+    wait_until(lambda: answered <= set(numbers_delivered(sinks)), 120, "every accepted message delivered")
+    assert third.count() > 0
+    assert daemon.running and "Traceback" not in daemon.log()

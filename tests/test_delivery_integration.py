@@ -385,7 +385,8 @@ def test_reload_during_load_swaps_a_gateway_and_loses_nothing(
         wait_until(lambda: len(accepted) >= 300, 60, "300 messages accepted")
         # gw1 leaves, a new server joins; a broken file first is refused and changes nothing.
         assert daemon.pid is not None
-        daemon.config_path.write_text(relay_config(peer_dir, port, [second, third]) + "\n[backend.gw.bogus]\n")
+        broken = relay_config(peer_dir, port, [second, third]) + "\n[backend.gw.bogus]\n"
+        daemon.config_path.write_text(broken)
         os.kill(daemon.pid, signal.SIGHUP)
         wait_until(lambda: "reload refused" in daemon.log().lower(), 10, "the broken reload refused")
         daemon.config_path.write_text(relay_config(peer_dir, port, [second, third]))

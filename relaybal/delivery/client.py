@@ -96,6 +96,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relaybal.smtp.wire import DotStuffer
+from relaybal.splice.frontend import direct_writer
 
 log = Logger(namespace="relaybal.delivery")
 
@@ -555,6 +556,13 @@ class _BodyProducer:
         self.connection._paused = True
 
 
+def source_is_whole(source: BodySource, chunk: bytes) -> bool:
+    """Whether ``chunk`` was the last of ``source`` (when the source tells its size and position)."""
+    size = getattr(source, "size", None)
+    position = getattr(source, "position", None)
+    return isinstance(size, int) and isinstance(position, int) and position >= size
+
+
 @implementer(IHandshakeListener)
 class SMTPClientConnection(TwistedProtocol):
     """One connection to one gateway, reused for many transactions (one at a time).
@@ -600,6 +608,8 @@ class SMTPClientConnection(TwistedProtocol):
         self._dot_sent = False
         self._paused = False
         self._needs_rset = False
+        self._direct: Callable[[bytes], None] | None = None
+        self._direct_tls = False
         #: The client identity XCLIENT put in effect on the session (None: our own).
         self._identity: ClientIdentity | None = None
         self._xclient_off = False
@@ -1138,9 +1148,16 @@ class SMTPClientConnection(TwistedProtocol):
                     raise self._error
                 if not chunk:
                     break
-                transport.write(stuffer.stuff(chunk))
-            transport.write(stuffer.terminator())
-            self._dot_sent = True
+                stuffed = stuffer.stuff(chunk)
+                if len(chunk) < BODY_CHUNK and source_is_whole(source, chunk):
+                    # The whole (rest of the) body: send it and the final dot in one write.
+                    self._write(stuffed + stuffer.terminator())
+                    self._dot_sent = True
+                    break
+                self._write(stuffed)
+            if not self._dot_sent:
+                self._write(stuffer.terminator())
+                self._dot_sent = True
         finally:
             with suppress(Exception):
                 source.close()
@@ -1165,7 +1182,12 @@ class SMTPClientConnection(TwistedProtocol):
         return transport
 
     def _write(self, data: bytes) -> None:
-        self._t().write(data)
+        """Write ``data``: straight to the socket when nothing is queued (plain TCP), else queued."""
+        transport = self._t()
+        tls = bool(getattr(transport, "TLS", False))
+        if self._direct is None or self._direct_tls != tls:
+            self._direct, self._direct_tls = direct_writer(transport), tls
+        self._direct(data)
 
     def _send(self, commands: Sequence[str]) -> None:
         """Write command lines in one write (a pipelined group when there are several)."""
@@ -1177,7 +1199,7 @@ class SMTPClientConnection(TwistedProtocol):
                 DeliveryError(f"{self._where}: unexpected reply: {extra}", reply=extra, retry_elsewhere=True),
                 _CLOSE,
             )
-        self._t().write("".join(f"{command}\r\n" for command in commands).encode("utf-8"))
+        self._write("".join(f"{command}\r\n" for command in commands).encode("utf-8"))
 
     def _expect(self, stage: str, timeout: float) -> Deferred[SMTPReply]:
         if self._error is not None:

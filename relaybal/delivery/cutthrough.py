@@ -55,6 +55,8 @@ class MemoryBody:
     def __init__(self, chunks: Sequence[bytes]) -> None:
         self._chunks = list(chunks)
         self._next = 0
+        self.size = sum(len(c) for c in self._chunks)
+        self.position = 0
 
     def read(self, size: int = 256 * 1024) -> Deferred[bytes]:
         out: list[bytes] = []
@@ -64,6 +66,7 @@ class MemoryBody:
             self._next += 1
             out.append(chunk)
             length += len(chunk)
+        self.position += length
         return succeed(b"".join(out))
 
     def close(self) -> None:

@@ -557,12 +557,20 @@ class Scheduler:
             reply=summary,
             delay=max(0.0, now - message.envelope.received_at),
         )
+        outcome = (
+            ("delivered" if delivered == len(pending) else "partly delivered")
+            if delivered
+            else ("bounced" if bounced else "deferred")
+        )
+        where = f"{server.backend_name}/{server.name}"
         log.info(
-            "{queue_id}: to {server}: {result}, {recipients} rcpt, {size} bytes, delay {delay:.3f}s: {reply}",
+            "{line}",
+            line=f"{message.queue_id}: to {where}: {outcome}, {len(pending)} rcpt, {message.size} bytes, "
+            f"delay {attempt.delay:.3f}s: {summary}",
             queue_id=message.queue_id,
-            server=f"{server.backend_name}/{server.name}",
-            result="delivered" if delivered == len(pending) else ("bounced" if bounced else "deferred")
-            if not delivered else "partly delivered",
+            backend=server.backend_name,
+            server=server.name,
+            result=outcome,
             recipients=len(pending),
             size=message.size,
             delay=attempt.delay,

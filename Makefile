@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/spool_commit.py
 	$(BIN)/python bench/relay_e2e.py
 	$(BIN)/python bench/relay_cutthrough.py
+	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/memory.py
 
 bench-relay-receive: $(STAMP)

@@ -1,8 +1,9 @@
 """Splice-mode benchmark: relaybal against HAProxy, measured in the same run.
 
 Starts two ``smtp-sink`` servers, then runs ``smtp-source`` (50 sessions, 1 KB
-messages) through HAProxy (``mode tcp``, ``nbthread 1``) and through the real
-``twistd relaybal`` daemon (one process) with the same two servers:
+messages) through HAProxy (``mode tcp``, ``nbthread N``) and through the real
+``twistd relaybal`` daemon (``workers = N``; ``--workers``, default 1) with the
+same two servers:
 
 - ``new``: one connection per message (each message is a whole SMTP session);
 - ``reuse``: ``-d``, many messages over each connection.
@@ -11,7 +12,7 @@ Runs alternate between the two balancers, and the median of ``--runs`` runs is
 reported with the ratio relaybal/HAProxy. Only ratios are meaningful: absolute
 rates on a shared machine are noise. Usage::
 
-    .venv/bin/python bench/splice.py [--runs 3] [--new-messages 5000] [--reuse-messages 20000]
+    .venv/bin/python bench/splice.py [--runs 3] [--workers 1] [--new-messages 5000] [--reuse-messages 20000]
 """
 
 from __future__ import annotations
@@ -43,12 +44,13 @@ def rate(port: int, messages: int, reuse: bool) -> float:
     return smtp_source_rate(port, messages=messages, reuse=reuse, sessions=SESSIONS, size=SIZE)
 
 
-def relaybal_config(port: int, sinks: list[SmtpSink]) -> str:
+def relaybal_config(port: int, sinks: list[SmtpSink], workers: int = 1, state_dir: str = "/tmp") -> str:
     servers = "".join(
         f'[[backend.mx.server]]\nname = "sink{i}"\naddress = "127.0.0.1:{s.port}"\n'
         for i, s in enumerate(sinks, 1)
     )
     return (
+        f'[global]\nworkers = {workers}\nstate_dir = "{state_dir}"\n'
         f'[frontend.bench]\nmode = "splice"\nlisten = ["tcp:{port}:interface=127.0.0.1:backlog=1024"]\n'
         f'backend = "mx"\n[backend.mx]\nbalance = "roundrobin"\n{servers}'
     )
@@ -59,6 +61,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--new-messages", type=int, default=5000)
     parser.add_argument("--reuse-messages", type=int, default=20000)
+    parser.add_argument("--workers", type=int, default=1, help="relaybal workers = HAProxy nbthread")
     args = parser.parse_args()
 
     directory = make_peer_dir(prefix="relaybal-bench-")
@@ -70,12 +73,13 @@ def main() -> int:
         hport, rport = free_port(), free_port()
         haproxy = HAProxy(
             directory / "haproxy",
-            haproxy_preamble(nbthread=1, maxconn=4000)
+            haproxy_preamble(nbthread=args.workers, maxconn=4000)
             + haproxy_tcp_listen("bench", hport, [("127.0.0.1", s.port) for s in sinks]),
             registry=registry,
         )
         haproxy.start([hport])
-        relaybal = RelaybalDaemon(directory / "relaybal", relaybal_config(rport, sinks), registry=registry)
+        config = relaybal_config(rport, sinks, args.workers, str(directory / "state"))
+        relaybal = RelaybalDaemon(directory / "relaybal", config, registry=registry)
         relaybal.start([rport])
 
         results: dict[tuple[str, str], list[float]] = {}
@@ -93,8 +97,8 @@ def main() -> int:
 
         print()
         print(
-            f"splice: smtp-source -s {SESSIONS} -l {SIZE} → balancer → 2 smtp-sinks;"
-            f" median of {args.runs} runs"
+            f"splice: smtp-source -s {SESSIONS} -l {SIZE} → balancer → 2 smtp-sinks; relaybal workers ="
+            f" HAProxy nbthread = {args.workers}; median of {args.runs} runs"
         )
         print(f"{'workload':<28} {'HAProxy msg/s':>14} {'relaybal msg/s':>15} {'ratio':>6}  target")
         for workload in ("new connection per message", "reused connections (-d)"):

@@ -67,6 +67,7 @@ class GlobalConfig:
     hostname: str = attrs.field(factory=socket.getfqdn)
     drain_timeout: float = 30.0
     shared_state: SharedStateConfig | None = None
+    workers: int = 1
 
 
 @attrs.frozen
@@ -504,6 +505,7 @@ def _read_global(r: _Reader) -> GlobalConfig:
         state_dir=r.get("state_dir", path_text, d.state_dir),
         hostname=r.get("hostname", hostname, "") or socket.getfqdn(),
         drain_timeout=r.get("drain_timeout", duration, d.drain_timeout),
+        workers=r.get("workers", integer(1, 64), d.workers),
         shared_state=_read_shared_state(shared) if shared is not None and shared.ok else None,
     )
     r.finish()

@@ -14,12 +14,13 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
 from relaybal.admin.commands import RuntimeCommands
 from relaybal.admin.history import TrafficHistory
@@ -36,12 +37,14 @@ from relaybal.drain import Drainer, open_sessions
 from relaybal.health.checks import HealthMonitor
 from relaybal.relay.frontend import RelayFrontend, RelaySetupError, build_relay_frontend
 from relaybal.relay.interfaces import IMessageSink
+from relaybal.shared.buckets import SharedBucketStore
 from relaybal.shared.metrics import SharedStateCollector
 from relaybal.shared.state import SharedState, SharedStateError
 from relaybal.smtp.auth import UsersFile, UsersFileError
 from relaybal.splice.frontend import SpliceFrontend
 from relaybal.spool.sinks import SpoolSink
 from relaybal.spool.store import SpoolLocked, SpoolStore
+from relaybal.workers import Inherited, WorkerPool, WorkerSetup, command_line
 
 log = Logger(namespace="relaybal")
 
@@ -70,15 +73,22 @@ class RelaybalService(MultiService):
         rng: random.Random | None = None,
         *,
         handle_signals: bool = True,
+        worker: WorkerSetup | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
+        # [global] workers: in the main process, the worker processes (started in startService);
+        # in a worker, what it was handed (it serves only those sockets).
+        self.worker = worker
+        self.workers: WorkerPool | None = None
         self.reactor = reactor
         self.rng = rng if rng is not None else random.Random()
         self.handle_signals = handle_signals
         self.backends = {name: Backend(bc, reactor, self.rng) for name, bc in config.backends.items()}
         # [global] shared_state: stick tables and rate limits shared through Redis (None: all local).
         self.shared: SharedState | None = None
+        # ratelimit policies built while shared_state is set keep their buckets in Redis.
+        self.bucket_store = SharedBucketStore(lambda: self.shared)
         try:
             self.apply_shared_state()
         except SharedStateError as e:
@@ -111,6 +121,7 @@ class RelaybalService(MultiService):
             relay=lambda: RelayState(self.gateways, self.scheduler, self.spool),
             policy_verdicts=self.policy_verdicts,
         )  # fmt: skip
+        self.runtime.shared_state = lambda: self.shared.describe() if self.shared is not None else None
         # The stats page: traffic history, Prometheus registry (other parts may register
         # collectors of their own in self.metrics), and the site itself.
         self.history = TrafficHistory(self.backends, reactor)
@@ -147,6 +158,7 @@ class RelaybalService(MultiService):
         frontend = build_relay_frontend(
             fc, backend, self.reactor, sink=sink, state_dir=self.config.global_.state_dir,
             policies=self.config.policies if policies is None else policies,
+            bucket_store=self.bucket_store if self.shared is not None else None,
         )  # fmt: skip
         if fc.delivery == "spool" and self.running:  # a reload added the first spooling frontend
             self.open_spool()
@@ -165,8 +177,8 @@ class RelaybalService(MultiService):
 
     def open_spool(self) -> None:
         """Open ``state_dir/spool`` (recovering what a previous run left), or exit with status 1."""
-        if self.spool is not None:
-            return
+        if self.spool is not None or self.worker is not None:
+            return  # the spool has one writer: the main process
         path = os.path.join(self.config.global_.state_dir, "spool")
         try:
             self.spool = SpoolStore.open(path, reactor=self.reactor)
@@ -266,7 +278,9 @@ class RelaybalService(MultiService):
 
     def runtime_factory(self) -> RuntimeFactory:
         """A factory for the runtime API socket (its ``reload`` command reloads this service)."""
-        commands = RuntimeCommands(self.runtime, reload=self._reload_for_cli, queue=lambda: self.scheduler)
+        commands = RuntimeCommands(
+            self.runtime, reload=self._reload_for_cli, queue=lambda: self.scheduler, on_change=self._changed
+        )
         return RuntimeFactory(commands, self.reactor)
 
     def privilegedStartService(self) -> None:
@@ -279,6 +293,9 @@ class RelaybalService(MultiService):
         if self._listening:
             return
         self._listening = True
+        if self.worker is not None:
+            self._adopt_listeners(self.worker)
+            return
         problems: list[str] = []
         for name, frontend in self.frontends.items():
             for ep in frontend.config.listen:
@@ -312,8 +329,41 @@ class RelaybalService(MultiService):
                 port.stopListening()
             raise SystemExit(1)
 
+    def _adopt_listeners(self, worker: WorkerSetup) -> None:
+        """In a worker: serve the listening sockets the main process handed over, nothing else."""
+        for name, frontend in self.frontends.items():
+            for index in range(len(frontend.config.listen)):
+                item = worker.socket_for(name, index)
+                if item is None:
+                    continue
+                port = self.reactor.adoptStreamPort(item.fd, item.family, frontend)
+                frontend.ports.append(port)
+                self.ports.append(port)
+
+    def start_workers(self) -> None:
+        """In the main process with ``workers > 1``: hand the splice listeners to new worker processes."""
+        count = self.config.global_.workers - 1
+        if self.worker is not None or count < 1 or self.workers is not None:
+            return
+        inherited: list[Inherited] = []
+        for name, frontend in self.frontends.items():
+            if frontend.config.mode != "splice":
+                continue
+            for index, port in enumerate(frontend.ports):
+                sock = getattr(port, "socket", None)
+                if sock is not None:
+                    inherited.append(Inherited(name, index, sock.fileno(), sock.family))
+        self.workers = WorkerPool(self.reactor, os.path.abspath(self.config.source), count, inherited)
+        self.workers.start()
+        self.drain_waits.append(self._stop_workers)
+
+    def _stop_workers(self) -> Deferred[None] | None:
+        return self.workers.stop() if self.workers is not None else None
+
     def listen(self, ep: str, factory: Any) -> IListeningPort:
         """Listen on endpoint ``ep`` now; :class:`ListenError` says why not."""
+        if self.worker is not None:
+            return _NotHere()  # a listener added by a reload is the main process's
         try:
             d: Deferred[IListeningPort] = endpoints.serverFromString(self.reactor, ep).listen(factory)
         except Exception as e:  # e.g. a systemd index that was not handed over
@@ -331,6 +381,7 @@ class RelaybalService(MultiService):
         if any(fc.mode == "relay" and fc.delivery == "spool" for fc in self.config.frontends.values()):
             self.open_spool()
         super().startService()  # type: ignore[no-untyped-call]
+        self.start_workers()
         if self.shared is not None:
             self.shared.start()
         for monitor in self.health.values():
@@ -382,9 +433,17 @@ class RelaybalService(MultiService):
         from relaybal.reload import ReloadRefused
 
         try:
-            return True, self.reload()
+            lines = self.reload()
         except ReloadRefused as e:
             return False, e.lines
+        if self.workers is not None:
+            self.workers.signal(signal.SIGHUP)  # each worker re-reads the file itself
+        return True, lines
+
+    def _changed(self, words: Sequence[str]) -> None:
+        """A runtime API command changed something: the workers run it too."""
+        if self.workers is not None and words and words[0] != "reload":
+            self.workers.broadcast(command_line(words))
 
     def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
         self.reactor.callFromThread(self._reload_logged)
@@ -426,6 +485,8 @@ class RelaybalService(MultiService):
         if self._drained is not None:
             return _fork(self._drained)
         self.runtime.stopping = True
+        if self.workers is not None:
+            self.workers.stop()  # they drain alongside; drain_waits waits for them
         for frontend in self.frontends.values():
             begin_drain = getattr(frontend, "begin_drain", None)
             if callable(begin_drain):
@@ -459,6 +520,7 @@ class RelaybalService(MultiService):
         return _fork(self._drained)
 
     def stopService(self) -> Deferred[None] | None:
+        workers = self.workers.stop() if self.workers is not None else None
         for monitor in self.health.values():
             monitor.stop()
         self.history.stop()
@@ -472,7 +534,7 @@ class RelaybalService(MultiService):
         self.ports.clear()
         stopped = super().stopService()  # type: ignore[no-untyped-call]
         # Wait for the listeners to close: a UNIX socket's file is removed only then.
-        waits = [d for d in (*closing, stopped) if isinstance(d, Deferred)]
+        waits = [d for d in (*closing, stopped, workers) if isinstance(d, Deferred)]
         done: Deferred[Any] = gatherResults(waits)
         scheduler = self.scheduler
         if scheduler is not None:
@@ -487,6 +549,20 @@ class RelaybalService(MultiService):
             self.spool_sink.store = None
             done.addCallback(lambda _: spool.close())
         return done.addCallback(lambda _: None)
+
+
+@implementer(IListeningPort)
+class _NotHere:
+    """A listener a worker does not serve (the main process does)."""
+
+    def startListening(self) -> None:
+        pass
+
+    def stopListening(self) -> Deferred[None]:
+        return succeed(None)
+
+    def getHost(self) -> Any:
+        return None
 
 
 def _fork(d: Deferred[bool]) -> Deferred[bool]:

@@ -142,12 +142,15 @@ class RuntimeCommands:
         view: ProcessView,
         reload: Callable[[], tuple[bool, Sequence[str]]] | None = None,
         queue: Callable[[], Scheduler | None] | None = None,
+        on_change: Callable[[Sequence[str]], None] | None = None,
     ) -> None:
         self.view = view
         self._reload = reload
         """Reloads the configuration: (applied?, lines saying what changed or what is wrong)."""
         self._queue = queue
         """The delivery scheduler of the relay spool (None without one)."""
+        self._on_change = on_change
+        """Told the words of each command that changed something (the main process tells its workers)."""
 
     # -- entry points
 
@@ -179,6 +182,8 @@ class RuntimeCommands:
             return error(f"Internal error while running '{' '.join(command.words)}': {e}")
         if command.changes and answer.severity != ERROR:
             log.info("runtime API: {command}", command=" ".join(words))
+            if self._on_change is not None:
+                self._on_change(words)
         return answer
 
     def _lookup(self, words: Sequence[str]) -> tuple[_Command | None, list[str]]:
@@ -304,6 +309,8 @@ class RuntimeCommands:
             found.stick.clear()
         else:
             found.stick.remove(key)
+        if found.stick_share is not None:  # [global] shared_state: in Redis too, for every node
+            found.stick_share.forget(key)
         return Answer()
 
     def set_server(self, args: list[str], session: CliSession) -> Answer:

@@ -41,3 +41,11 @@ def test_quit_still_says_goodbye_while_draining() -> None:
     harness.frontend.begin_drain()
     client.send(b"RSET\r\nQUIT\r\n")
     assert client.codes()[-2:] == [250, 221]
+
+
+def test_reply_bytes_are_counted_for_the_stats() -> None:
+    harness = RelayHarness()
+    client = harness.connect()
+    client.send(b"EHLO client.test\r\nQUIT\r\n")
+    sent = client.output()
+    assert harness.frontend.bytes_out == len(sent) > 0

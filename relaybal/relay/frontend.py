@@ -132,6 +132,8 @@ class RelayFrontend(Factory):
         self.errors = 0
         self.messages = 0
         self.bytes_in = 0
+        self.bytes_out = 0
+        """Bytes of replies sent to clients."""
         self.per_client = ClientCounts()
         self.draining = False
         self.sessions: set[ESMTPServer] = set()

@@ -333,6 +333,7 @@ class ESMTPServer(Protocol):
         if self._out:
             data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
             self._out = []
+            self.frontend.bytes_out += len(data)
             self._write(data)
 
     def _close(self, termination: str) -> None:
@@ -346,6 +347,16 @@ class ESMTPServer(Protocol):
             self._closing = True
             transport.unregisterProducer()  # type: ignore[attr-defined]
             transport.loseConnection()
+            # A client that reads nothing (or stalls a TLS handshake) would hold the connection
+            # for ever: it gets timeout_client to take our last words, then it is cut off.
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.reactor.callLater(self.settings.timeout_client, self._cut_off)
+
+    def _cut_off(self) -> None:
+        self._timer = None
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def _refuse(self, data: bytes, termination: str) -> None:
         self._send(data)
@@ -379,7 +390,8 @@ class ESMTPServer(Protocol):
             # Waiting for ourselves (a policy, a commit): the client is not late.
             next_check = limit
         else:
-            idle = now - self.last_activity
+            # A PROXY header gets proxy_timeout from the connection, however slowly it trickles in.
+            idle = now - (self.accepted if self.mode == PROXY else self.last_activity)
             if idle >= limit:
                 self._timeout("no PROXY header in time" if self.mode == PROXY else "timeout")
                 return

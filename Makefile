@@ -35,13 +35,7 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 bench: $(STAMP)
-	$(BIN)/python bench/splice.py
-	$(BIN)/python bench/relay_receive.py
-	$(BIN)/python bench/spool_commit.py
-	$(BIN)/python bench/relay_e2e.py
-	$(BIN)/python bench/relay_cutthrough.py
-	$(BIN)/python bench/latency.py
-	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/run_all.py
 
 bench-relay-receive: $(STAMP)
 	$(BIN)/python bench/relay_receive.py

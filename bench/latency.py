@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from peers import PeerRegistry, RelaybalDaemon, SmtpSink, free_port, make_peer_dir
+from summary import summary
 
 BODY = b"Subject: latency\r\n\r\n" + (b"x" * 78 + b"\r\n") * 12 + b".\r\n"
 
@@ -104,6 +105,8 @@ def main() -> int:
         added_median = (statistics.median(relayed) - statistics.median(direct)) * ms
         added_p99 = (p99(relayed) - p99(direct)) * ms
         print(f"{'added':<10} {added_median:10.3f} {added_p99:8.3f}   (target: p99 added ≤ 1 ms)")
+        summary("splice added latency per transaction, p99", f"{p99(relayed) * ms:.3f} ms",
+                f"{p99(direct) * ms:.3f} ms direct", f"+{added_p99:.3f} ms", "≤ +1 ms")  # fmt: skip
         return 0
     finally:
         registry.stop_all()

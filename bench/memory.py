@@ -41,6 +41,7 @@ from peers import (
     send_one_message,
     wait_until,
 )
+from summary import summary
 
 MB = 1024 * 1024
 
@@ -175,6 +176,11 @@ def main() -> int:
         print(f"{'new splice session served while idle ones held':<44} {'yes' if splice_ok else 'NO':>12}")
         print(f"{'new relay message accepted while idle ones held':<44} {'yes' if relay_ok else 'NO':>12}")
         print(f"(opening the {2 * args.idle} idle sessions took {opened:.1f} s)")
+        summary(f"one {args.big_mb} MB message: peak RSS growth", f"{growth:.1f} MB", "-", f"{growth:.1f} MB",
+                "≤ 20 MB")  # fmt: skip
+        served = "served" if splice_ok and relay_ok else "NOT served"
+        summary(f"{args.idle} + {args.idle} idle sessions: RSS", f"{rss:.1f} MB", "-",
+                f"{rss:.1f} MB, new ones {served}", "≤ 200 MB")  # fmt: skip
         return 0 if splice_ok and relay_ok else 1
     finally:
         for s in held:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers import PeerProcess, PeerRegistry, RelaybalDaemon, SmtpSink, free_port, make_peer_dir
 from relay_e2e import run_once, spread
+from summary import summary
 
 HARAKA_VERSION = "3.3"
 
@@ -124,6 +125,8 @@ def main() -> int:
         print(f"{'relaybal msg/s':>15} {'Haraka msg/s':>13} {'ratio':>6} {'relaybal spread':>16}"
               f" {'Haraka spread':>14}")  # fmt: skip
         print(f"{r:15.0f} {h:13.0f} {r / h:6.2f} {rs:16.3f} {hs:14.3f}")
+        summary(f"relay cut-through (Haraka {HARAKA_VERSION})", f"{r:.0f} msg/s", f"{h:.0f} msg/s",
+                f"{r / h:.2f}x", "≥ 2x")  # fmt: skip
         return 0
     finally:
         registry.stop_all()

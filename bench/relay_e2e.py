@@ -40,6 +40,7 @@ from peers import (
     smtp_source,
     wait_until,
 )
+from summary import summary
 
 SESSIONS = 50
 SIZE = 1024
@@ -139,6 +140,9 @@ def main() -> int:
         print(f"{'relaybal msg/s':>15} {'Postfix msg/s':>14} {'ratio':>6} {'relaybal spread':>16}"
               f" {'Postfix spread':>15}")  # fmt: skip
         print(f"{r:15.0f} {p:14.0f} {r / p:6.2f} {rs:16.3f} {ps:15.3f}")
+        summary("relay end to end, spool + fsync (Postfix randmap)", f"{r:.0f} msg/s", f"{p:.0f} msg/s",
+                f"{r / p:.2f}x", "≥ 2x")  # fmt: skip
+        summary("relay spread over 3 gateways (max/min)", f"{rs:.3f}", f"{ps:.3f}", f"{rs:.3f}", "≤ 1.02")
         return 0
     finally:
         registry.stop_all()

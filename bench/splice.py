@@ -35,6 +35,7 @@ from peers import (
     make_peer_dir,
     smtp_source_rate,
 )
+from summary import summary
 
 SESSIONS = 50
 SIZE = 1024
@@ -105,6 +106,8 @@ def main() -> int:
             h = statistics.median(results[(workload, "haproxy")])
             r = statistics.median(results[(workload, "relaybal")])
             print(f"{workload:<28} {h:14.0f} {r:15.0f} {r / h:6.2f}  ≥ 0.90")
+            summary(f"splice, {workload} (HAProxy nbthread {args.workers})", f"{r:.0f} msg/s",
+                    f"{h:.0f} msg/s", f"{r / h:.2f}x", "≥ 0.90x")  # fmt: skip
         return 0
     finally:
         registry.stop_all()

@@ -22,6 +22,7 @@ RUNS = [
     ["relay_e2e.py", "--runs", "3", "--messages", "3000"],
     ["relay_cutthrough.py", "--runs", "3", "--messages", "3000"],
     ["memory.py"],
+    ["two_nodes.py", "--runs", "3", "--messages", "3000", "--splice"],
     ["spool_commit.py"],
 ]
 

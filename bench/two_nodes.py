@@ -54,6 +54,9 @@ from peers import (
 )
 from redis_peer import RedisServer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summary import summary
+
 SESSIONS = 50
 SIZE = 1024
 SETUPS = ("1 node", "1 node + Redis", "2 nodes + Redis")
@@ -167,7 +170,9 @@ def measure(
     return results
 
 
-def report(title: str, results: dict[str, list[tuple[float, list[int]]]], with_spread: bool) -> None:
+def report(
+    mode: str, title: str, results: dict[str, list[tuple[float, list[int]]]], *, with_spread: bool
+) -> None:
     print()
     print(title)
     print(f"{'set-up':<18} {'msg/s':>8} {'vs 1 node':>10}" + (f" {'spread':>8}" if with_spread else ""))
@@ -178,6 +183,13 @@ def report(title: str, results: dict[str, list[tuple[float, list[int]]]], with_s
         if with_spread:
             line += f" {max(spread(g) for _, g in results[setup]):8.3f}"
         print(line)
+    pair = statistics.median(r for r, _ in results[SETUPS[2]])
+    summary(f"{mode}, 2 nodes + Redis (1 node, local state)", f"{pair:.0f} msg/s", f"{base:.0f} msg/s",
+            f"{pair / base:.2f}", "measured")  # fmt: skip
+    if with_spread:
+        worst = max(spread(g) for _, g in results[SETUPS[2]])
+        summary(f"{mode}, 2 nodes: spread over 3 gateways (max/min)", f"{worst:.3f}", "-",
+                f"{worst:.3f}", "≤ 1.02")  # fmt: skip
 
 
 def main() -> int:
@@ -202,6 +214,7 @@ def main() -> int:
         relay = run("relay", relay_config)
         splice = run("splice", splice_config) if args.splice else None
         report(
+            "relay",
             f"relay mode, ratelimit on every message: smtp-source -s {SESSIONS} -l {SIZE} "
             f"-m {args.messages} (split between the nodes) → spool → 3 smtp-sinks, until all delivered; "
             f"median of {args.runs} runs",
@@ -210,6 +223,7 @@ def main() -> int:
         )
         if splice is not None:
             report(
+                "splice stick",
                 f"splice mode, stick on src: smtp-source -s {SESSIONS} -l {SIZE} -m {args.messages}; "
                 f"median of {args.runs} runs",
                 splice,

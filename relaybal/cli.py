@@ -79,16 +79,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="list and manage the relay queue through the runtime API socket",
         description="list: every queued message; show ID: one message's envelope and recipients; "
         "flush [ID...]: deliver deferred messages now; hold ID...: keep them from delivery; "
-        "release ID...: deliver held ones again; delete ID...: remove without delivery or bounce.",
+        "release ID...: deliver held ones again; delete ID...: remove without delivery or bounce. "
+        "Offline, with the daemon stopped (docs/scaling.rst): export [ID...] -o FILE [--remove]: "
+        "write the queued messages (pending recipients only) to a portable archive, and with --remove "
+        "drop them from this spool; import FILE...: load archives into this node's spool.",
     )
     p.add_argument(
         "-c", "--config", default="/etc/relaybal/relaybal.toml",
-        help="read the socket path from this file's [admin] socket (default %(default)s)",
+        help="read the socket path from this file's [admin] socket, export/import: its state_dir "
+        "(default %(default)s)",
     )  # fmt: skip
     p.add_argument("--socket", help="path of the socket (instead of reading the config)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
-    p.add_argument("action", choices=sorted(QUEUE_ACTIONS))
-    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--spool", help="export/import: the spool directory (default: state_dir/spool of -c)")
+    p.add_argument("-o", "--output", help="export: the archive to write (.tar, .tar.gz; - for stdout)")
+    p.add_argument("--remove", action="store_true", help="export: then drop the exported messages")
+    p.add_argument("--frontend", help="import: deliver through this relay frontend's backend")
+    p.add_argument("action", choices=sorted([*QUEUE_ACTIONS, "export", "import"]))
+    p.add_argument("ids", nargs="*", metavar="ID", help="queue IDs (import: archive files)")
     p = sub.add_parser(
         "import-haproxy",
         help="translate an HAProxy configuration into a relaybal one",
@@ -98,13 +106,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("file", help="the haproxy.cfg to read")
     p.add_argument("-o", "--output", metavar="FILE", help="write the TOML here (default: stdout)")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # "queue ACTION -c FILE ID..." : argparse stops filling ID after an option; take the rest.
+        if args.command != "queue" or any(word.startswith("-") for word in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.ids = [*args.ids, *extra]
     if args.command == "import-haproxy":
         from relaybal.importer import import_haproxy
 
         return import_haproxy(args.file, args.output, stdout=sys.stdout, stderr=sys.stderr)
     if args.command == "ctl":
         return ctl(args.config, args.socket, args.words, args.raw, args.timeout)
+    if args.command == "queue" and args.action in ("export", "import"):
+        from relaybal.spool import export
+
+        if args.action == "export":
+            return export.export_command(args.config, args.spool, args.output, args.ids, args.remove)
+        return export.import_command(args.config, args.spool, args.ids, args.frontend)
     if args.command == "queue":
         if args.action in ("show", "hold", "release", "delete") and not args.ids:
             parser.error(f"queue {args.action} needs at least one queue ID")

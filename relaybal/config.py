@@ -216,9 +216,12 @@ class Problem:
     message: str
 
     def format(self, source: str) -> str:
-        return (
-            f"{source}: {self.path}: {self.message}" if self.path else f"{source}: {self.message}"
-        )
+        text = f"{source}: {self.path}: {self.message}" if self.path else f"{source}: {self.message}"
+        # One problem, one line: a line break (any control character) in a key or value is escaped.
+        return _CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ConfigError(Exception):

@@ -278,6 +278,7 @@ def snapshot(view: ProcessView, history: TrafficHistory | None = None) -> dict[s
             "reload_failures": view.reload_failures,
             "last_reload": view.last_reload or None,
             "last_reload_ok": view.last_reload_ok,
+            "shared_state": view.shared_state() if view.shared_state is not None else None,
         },
         "frontends": frontends,
         "backends": backends,

@@ -225,6 +225,9 @@ class ProcessView:
     """Relay policy verdicts so far by ``(policy name, verdict)`` (e.g. ``("dnsbl", "reject")``), for
     ``relaybal_policy_verdicts_total``; None (the default): not reported."""
     delivery_delays: DelayHistogram = attrs.field(factory=DelayHistogram)
+    shared_state: Callable[[], Mapping[str, Any] | None] | None = None
+    """``[global] shared_state`` now (the Redis link's state and counters), read at each request;
+    None, or a None result: not configured (see :meth:`relaybal.shared.state.SharedState.describe`)."""
     """Seconds from receipt to delivery of the messages delivered, per backend (see :meth:`follow`)."""
     _followed: list[SchedulerView] = attrs.field(factory=list, init=False, repr=False)
 

@@ -437,6 +437,14 @@ def render_page(snap: dict[str, Any], refresh: int = REFRESH) -> str:
             '<p class="banner warn">The last configuration reload was refused '
             "(see the log); the previous configuration is running.</p>"
         )
+    shared = process.get("shared_state")
+    shared_meta = f"shared state {_e(shared['state'])} · " if shared is not None else ""
+    if shared is not None and shared["state"] == "down":
+        banners.append(
+            f'<p class="banner warn">Shared state: Redis {_e(shared["redis"])} is unreachable '
+            f"({_e(shared['last_error'])}); rate limits and stick tables are node-local until it is "
+            f"back ({shared['fallbacks']} local decisions so far).</p>"
+        )
     legend = "".join(f'<li class="{cls}">{_e(text)}</li>' for cls, text in _LEGEND)
     relay = snap.get("relay")
     sections = [_relay_section(relay)] if relay is not None else []
@@ -452,7 +460,7 @@ def render_page(snap: dict[str, Any], refresh: int = REFRESH) -> str:
         f"<header><h1>relaybal <small>on {_e(node)}</small></h1>"
         f'<p class="meta">version {_e(process["version"])} · pid {_e(process["pid"])} · '
         f"up {human_age(process['uptime_s'])} · {len(snap['frontends'])} frontends, "
-        f"{len(snap['backends'])} backends · reloads {process['reloads']} · "
+        f"{len(snap['backends'])} backends · reloads {process['reloads']} · {shared_meta}"
         f"updated {generated}, every {int(refresh)} s · "
         '<a href="stats.json">stats.json</a> · <a href="metrics">metrics</a></p>'
         f'{"".join(banners)}<ul class="legend">{legend}</ul></header>'

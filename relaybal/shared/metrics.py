@@ -40,7 +40,9 @@ class SharedStateCollector:
             labels=labels,
         )
         up.add_metric(value, 0.0 if status.state == DOWN else 1.0)
-        state = GaugeMetricFamily(PREFIX + "state", "The link's state (1 for the current one).", labels=[*labels, "state"])
+        state = GaugeMetricFamily(
+            PREFIX + "state", "The link's state (1 for the current one).", labels=[*labels, "state"]
+        )
         for name in STATES:
             state.add_metric([*value, name], 1.0 if status.state == name else 0.0)
         counters = (
@@ -60,7 +62,7 @@ class SharedStateCollector:
             families.append(family)
         pending = GaugeMetricFamily(
             PREFIX + "unreconciled",
-            "Stick entries recorded during an outage and not yet written to Redis.",
+            "Stick entries and rate-limit buckets changed during an outage and not yet written to Redis.",
             labels=labels,
         )
         pending.add_metric(value, float(shared.unreconciled()))

@@ -347,12 +347,18 @@ class RedisLink:
             stats.fallbacks += 1
             return succeed(FALLBACK)
         result: Deferred[Any] = Deferred()
+        sent: list[Deferred[Any]] = []
 
         def timed_out() -> None:
             stats.timeouts += 1
             stats.fallbacks += 1
             result.callback(FALLBACK)
             self._outage(f"no reply within {self.timeout * 1000:g} ms")
+            # The decision was made locally: a command still waiting for a connection must not
+            # run when Redis comes back (a rate-limit token would be taken twice). One already
+            # sent cannot be called back; its late reply is ignored.
+            for d in sent:
+                d.cancel()
 
         timer = self.clock.callLater(self.timeout, timed_out)
 
@@ -378,11 +384,12 @@ class RedisLink:
                 self._outage(_describe(failure))
 
         try:
-            sent = send()
+            command = send()
         except Exception:
             failed(Failure())
             return result
-        sent.addCallbacks(answered, failed)
+        sent.append(command)
+        command.addCallbacks(answered, failed)
         return result
 
     def _reply_error(self, what: str, failure: Failure) -> None:

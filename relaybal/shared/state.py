@@ -15,6 +15,7 @@ from zope.interface import implementer
 
 from relaybal.balance.backend import Backend
 from relaybal.config import SharedStateConfig
+from relaybal.shared.buckets import RedisBuckets
 from relaybal.shared.redis import IRedisClient, LinkStatus, RedisLink, TxRedisClient
 from relaybal.shared.stick import SharedStick
 
@@ -66,6 +67,7 @@ class SharedState:
 
         self.link = RedisLink(_LazyClient(client_factory), reactor, timeout=timeout, where=config.redis)
         self.sticks: dict[str, SharedStick] = {}
+        self.buckets = RedisBuckets(self.link, self.prefix)
         self.started = False
 
     @property
@@ -81,6 +83,7 @@ class SharedState:
         for stick in self.sticks.values():
             stick.detach()
         self.sticks.clear()
+        self.buckets.detach()
         return self.link.stop()
 
     def attach(self, backends: Mapping[str, Backend]) -> None:
@@ -102,9 +105,13 @@ class SharedState:
     def status(self) -> LinkStatus:
         return self.link.status()
 
+    def describe(self) -> dict[str, Any]:
+        """``shared_state`` in ``/stats.json``: the link's status and the unreconciled entries."""
+        return {**self.status().as_dict(), "unreconciled": self.unreconciled()}
+
     def unreconciled(self) -> int:
-        """Stick entries recorded during an outage and not yet in Redis."""
-        return sum(stick.unreconciled for stick in self.sticks.values())
+        """Stick entries and rate-limit buckets changed during an outage and not yet written to Redis."""
+        return sum(stick.unreconciled for stick in self.sticks.values()) + self.buckets.unreconciled
 
 
 @implementer(IRedisClient)

@@ -143,7 +143,8 @@ class SharedStick:
                 ms = int(entry.expires_in * 1000)
                 if ms > 0:
                     keys.append(entry.key)
-                    calls.append(self.link.call("SET", self.redis_key(entry.key), entry.server, "NX", "PX", ms))
+                    rkey = self.redis_key(entry.key)
+                    calls.append(self.link.call("SET", rkey, entry.server, "NX", "PX", ms))
 
         def count(replies: list[Any]) -> int:
             written = 0

@@ -22,6 +22,11 @@ import attrs
 # --------------------------------------------------------------------------- replies
 
 
+# Control characters (C0 but the newline that separates reply lines, DEL, C1) and the Unicode
+# line separators: never sent in a reply, whoever wrote its text.
+_REPLY_CONTROLS: Final = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def reply(code: int, status: str, text: str) -> bytes:
     """One SMTP reply, ready to send.
 
@@ -29,8 +34,10 @@ def reply(code: int, status: str, text: str) -> bytes:
     for the replies that carry none (greeting, EHLO/HELO, ``334``, ``354``).
     A ``text`` with newlines becomes a multi-line reply, each line prefixed
     with ``code-`` except the last (``code SP``); each line gets the status.
+    Any other control character in ``text`` (a CR from an echoed client
+    argument, say) is sent as ``?``.
     """
-    lines = text.split("\n")
+    lines = _REPLY_CONTROLS.sub("?", text).split("\n")
     prefix = f"{status} " if status else ""
     out = [f"{code}-{prefix}{line}\r\n" for line in lines[:-1]]
     out.append(f"{code} {prefix}{lines[-1]}\r\n")

@@ -187,6 +187,8 @@ class _ServerSide(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.spliced:
             session = self.session
+            if session is _Detached:  # type: ignore[comparison-overlap]
+                return  # the client is gone: nobody reads what the server says any more
             session.bytes_to_client += len(data)
             session.last_activity = session.seconds()
             session.client_turn = True
@@ -206,7 +208,14 @@ class _ServerSide(Protocol):
         transport = self.transport
         assert transport is not None
         transport.loseConnection()
-        if not self.linger and not getattr(transport, "disconnected", False):
+        if getattr(transport, "disconnected", False):
+            return
+        # loseConnection stops reading. Keep reading (and dropping) what the server sends: a
+        # server blocked writing replies nobody reads would stop reading what is still to be sent.
+        start_reading = getattr(transport, "startReading", None)
+        if start_reading is not None:
+            start_reading()
+        if not self.linger:
             self.linger = reactor.callLater(limit, self._give_up)
 
     def _give_up(self) -> None:
@@ -288,7 +297,8 @@ class SpliceSession(Protocol):
             max(retries, servers, 1) if self.backend.config.redispatch else max(retries, 1)
         )
         # A stick table shared through Redis is consulted first (bounded by its timeout).
-        shared = self.backend.prefetch(self._key())
+        backend = self.backend
+        shared = backend.prefetch(self._key()) if backend.stick_share is not None else None
         if shared is None:
             self._next_attempt()
         else:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench bench-relay-receive clean
+.PHONY: demo test lint typecheck unit bench bench-relay-receive soak fuzz clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV): install the venv module (apt-get install python3-venv)" >&2; exit 1; }
@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/relaybal demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check relaybal tests bench twisted
+	$(BIN)/ruff check relaybal tests bench twisted examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict relaybal
@@ -39,6 +39,22 @@ bench: $(STAMP)
 
 bench-relay-receive: $(STAMP)
 	$(BIN)/python bench/relay_receive.py
+
+# The reliability suites' long versions (docs/reliability.rst): RELAYBAL_SOAK_SECONDS of load per
+# suite (default 120), RELAYBAL_SOAK_KILLS kill -9s at least (default 12); figures to build/.
+soak: $(STAMP)
+	@mkdir -p build
+	RELAYBAL_SOAK=1 RELAYBAL_FIGURES=$(CURDIR)/build/soak-figures.jsonl $(BIN)/pytest -q -s -p no:cacheprovider \
+		tests/test_reliability_crash.py tests/test_reliability_gateways.py tests/test_reliability_disk.py \
+		tests/test_reliability_hostile.py tests/test_reliability_fuzz.py
+
+# Every fuzz target for FUZZ_SECONDS (default 60) with hypothesis, then with atheris if it
+# installs (FUZZ_TARGETS to choose some); crashes go to build/fuzz/crashes/.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	-@$(BIN)/python -m pip install -q atheris 2>/dev/null || echo "atheris does not install here: hypothesis only"
+	@mkdir -p build
+	FUZZ_SECONDS=$(FUZZ_SECONDS) RELAYBAL_FIGURES=$(CURDIR)/build/fuzz-figures.jsonl $(BIN)/python tests/fuzz/run.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers import PeerProcess, PeerRegistry, RelaybalDaemon, SmtpSink, free_port, make_peer_dir
-from relay_e2e import run_once, spread
+from relay_e2e import compare
 from summary import summary
 
 HARAKA_VERSION = "3.3"
@@ -103,20 +102,8 @@ def main() -> int:
         hport = free_port()
         Haraka(directory / "haraka", script, hport, sinks, registry)
 
-        results: dict[str, list[tuple[float, list[int]]]] = {"relaybal": [], "haraka": []}
-        for port in (rport, hport):
-            run_once(port, sinks, 200)  # warm up
-        for run in range(args.runs):
-            for name, port in (("relaybal", rport), ("haraka", hport)):
-                rate, per_gateway = run_once(port, sinks, args.messages)
-                results[name].append((rate, per_gateway))
-                print(f"  run {run + 1}  {name:<9} {rate:8.0f} msg/s  per gateway {per_gateway}",
-                      file=sys.stderr)  # fmt: skip
-
-        r = statistics.median(rate for rate, _ in results["relaybal"])
-        h = statistics.median(rate for rate, _ in results["haraka"])
-        rs = max(spread(g) for _, g in results["relaybal"])
-        hs = max(spread(g) for _, g in results["haraka"])
+        figures = compare({"relaybal": rport, "haraka": hport}, sinks, args.messages, args.runs)
+        (r, rs), (h, hs) = figures["relaybal"], figures["haraka"]
         print()
         print(
             f"relay cut-through: smtp-source -s 50 -l 1024 -m {args.messages} → relaybal (cut-through) "

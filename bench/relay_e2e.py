@@ -97,6 +97,24 @@ def spread(per_gateway: list[int]) -> float:
     return max(per_gateway) / min(per_gateway) if min(per_gateway) else float("inf")
 
 
+def compare(
+    ports: dict[str, int], sinks: Sequence[SmtpSink], messages: int, runs: int
+) -> dict[str, tuple[float, float]]:
+    """Alternating runs against each of ``ports`` (after a warm-up): name → (median msg/s, worst spread)."""
+    results: dict[str, list[tuple[float, list[int]]]] = {name: [] for name in ports}
+    for port in ports.values():
+        run_once(port, sinks, 200)
+    for run in range(runs):
+        for name, port in ports.items():
+            rate, per_gateway = run_once(port, sinks, messages)
+            results[name].append((rate, per_gateway))
+            print(f"  run {run + 1}  {name:<9} {rate:8.0f} msg/s  per gateway {per_gateway}", file=sys.stderr)
+    return {
+        name: (statistics.median(rate for rate, _ in rows), max(spread(g) for _, g in rows))
+        for name, rows in results.items()
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -117,20 +135,8 @@ def main() -> int:
         postfix = PrivatePostfix(directory / "postfix", postfix_settings(sinks), registry=registry)
         postfix.start()
 
-        results: dict[str, list[tuple[float, list[int]]]] = {"relaybal": [], "postfix": []}
-        for port in (rport, postfix.port):
-            run_once(port, sinks, 200)  # warm up
-        for run in range(args.runs):
-            for name, port in (("relaybal", rport), ("postfix", postfix.port)):
-                rate, per_gateway = run_once(port, sinks, args.messages)
-                results[name].append((rate, per_gateway))
-                print(f"  run {run + 1}  {name:<9} {rate:8.0f} msg/s  per gateway {per_gateway}",
-                      file=sys.stderr)  # fmt: skip
-
-        r = statistics.median(rate for rate, _ in results["relaybal"])
-        p = statistics.median(rate for rate, _ in results["postfix"])
-        rs = max(spread(g) for _, g in results["relaybal"])
-        ps = max(spread(g) for _, g in results["postfix"])
+        figures = compare({"relaybal": rport, "postfix": postfix.port}, sinks, args.messages, args.runs)
+        (r, rs), (p, ps) = figures["relaybal"], figures["postfix"]
         print()
         print(
             f"relay end to end: smtp-source -s {SESSIONS} -l {SIZE} -m {args.messages} → relaybal "

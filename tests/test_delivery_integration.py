@@ -7,6 +7,7 @@ and how often.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -188,26 +189,33 @@ def _sender_thread(port: int, start: int, count: int, accepted: list[int], stop:
         pass
 
 
+@contextlib.contextmanager
+def steady_load(port: int, senders: int) -> Iterator[list[int]]:
+    """``senders`` threads sending numbered messages until the block ends; yields the numbers answered 250."""
+    accepted: list[int] = []
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=_sender_thread, args=(port, 1 + t * 100_000, 100_000, accepted, stop))
+        for t in range(senders)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        yield accepted
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+
+
 def test_kill_9_loses_nothing_that_was_answered_250(
     sink_factory: Callable[..., SmtpSink], relaybal_factory: Callable[..., RelaybalDaemon], peer_dir: Path
 ) -> None:
     sinks = [sink_factory() for _ in range(3)]
     daemon, port = start(relaybal_factory, peer_dir, sinks)
-    accepted: list[int] = []
-    stop = threading.Event()
-    threads = [
-        threading.Thread(target=_sender_thread, args=(port, 1 + t * 100_000, 100_000, accepted, stop))
-        for t in range(8)
-    ]
-    for t in threads:
-        t.start()
-    try:
+    with steady_load(port, 8) as accepted:
         wait_until(lambda: len(accepted) >= 1500, 60, "1,500 messages accepted")
         daemon.kill()  # SIGKILL: no drain, no flush
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
     answered = set(accepted)
     daemon.start([port])
     wait_until(lambda: answered <= set(numbers_delivered(sinks)), 120, "every accepted message delivered")
@@ -344,21 +352,9 @@ def test_sigterm_during_load_exits_0_and_loses_nothing(
 ) -> None:
     sinks = [sink_factory() for _ in range(3)]
     daemon, port = start(relaybal_factory, peer_dir, sinks)
-    accepted: list[int] = []
-    stop = threading.Event()
-    threads = [
-        threading.Thread(target=_sender_thread, args=(port, 1 + t * 100_000, 100_000, accepted, stop))
-        for t in range(6)
-    ]
-    for t in threads:
-        t.start()
-    try:
+    with steady_load(port, 6) as accepted:
         wait_until(lambda: len(accepted) >= 600, 60, "600 messages accepted")
         assert daemon.stop(timeout=60) == 0  # SIGTERM: drain, then exit 0
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
     answered = set(accepted)
     log = daemon.log()
     assert "draining" in log and "Traceback" not in log
@@ -373,15 +369,7 @@ def test_reload_during_load_swaps_a_gateway_and_loses_nothing(
 ) -> None:
     first, second, third = sink_factory(), sink_factory(), sink_factory()
     daemon, port = start(relaybal_factory, peer_dir, [first, second])
-    accepted: list[int] = []
-    stop = threading.Event()
-    threads = [
-        threading.Thread(target=_sender_thread, args=(port, 1 + t * 100_000, 100_000, accepted, stop))
-        for t in range(4)
-    ]
-    for t in threads:
-        t.start()
-    try:
+    with steady_load(port, 4) as accepted:
         wait_until(lambda: len(accepted) >= 300, 60, "300 messages accepted")
         # gw1 leaves, a new server joins; a broken file first is refused and changes nothing.
         assert daemon.pid is not None
@@ -394,10 +382,6 @@ def test_reload_during_load_swaps_a_gateway_and_loses_nothing(
         wait_until(lambda: "configuration reloaded" in daemon.log(), 10, "the reload")
         before = len(accepted)
         wait_until(lambda: len(accepted) >= before + 300, 60, "300 more messages accepted")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
     answered = set(accepted)
     sinks = [first, second, third]
     wait_until(lambda: answered <= set(numbers_delivered(sinks)), 120, "every accepted message delivered")

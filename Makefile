@@ -46,7 +46,7 @@ soak: $(STAMP)
 	@mkdir -p build
 	RELAYBAL_SOAK=1 RELAYBAL_FIGURES=$(CURDIR)/build/soak-figures.jsonl $(BIN)/pytest -q -s -p no:cacheprovider \
 		tests/test_reliability_crash.py tests/test_reliability_gateways.py tests/test_reliability_disk.py \
-		tests/test_reliability_hostile.py tests/test_reliability_fuzz.py
+		tests/test_reliability_hostile.py tests/test_reliability_abuse.py tests/test_reliability_fuzz.py
 
 # Every fuzz target for FUZZ_SECONDS (default 60) with hypothesis, then with atheris if it
 # installs (FUZZ_TARGETS to choose some); crashes go to build/fuzz/crashes/.

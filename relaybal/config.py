@@ -817,7 +817,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
                 continue
             fe = _read_frontend(name, fr, global_)
             frontends[name] = fe
-            if fe.backend and fe.backend not in backends:
+            if isinstance(fr.data.get("backend"), str) and fe.backend not in backends:  # "" too
                 known = ", ".join(sorted(backends)) or "none"
                 fr.error("backend", f"no backend named {_show(fe.backend)} (known: {known})")
             for i, pol in enumerate(fe.policies):

@@ -1,0 +1,1 @@
+"""Shared pieces of the reliability suites (``tests/test_reliability_*.py``) and ``make soak``."""

@@ -13,11 +13,12 @@ import socket
 import sys
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TextIO, TypeVar
+from typing import Any, Generic, TextIO, TypeVar
 
 import attrs
 
 T = TypeVar("T")
+P = TypeVar("P")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -422,38 +423,49 @@ def choice(options: tuple[str, ...]) -> Callable[[object], str]:
 # --------------------------------------------------------------------------- reading
 
 
-class _Reader:
-    """Reads one TOML table, collecting problems instead of raising."""
+class TableReader(Generic[P]):
+    """Reads one table of keys, collecting problems instead of raising.
 
-    def __init__(self, problems: list[Problem], path: str, data: object) -> None:
-        self.problems = problems
+    The shared core of the configuration's own reader and of the one
+    plugins get for their options (:class:`relaybal.policy.options.OptionReader`):
+    ``convert`` functions raise :attr:`bad` with what is wrong, and
+    :meth:`problem` makes the recorded problem.
+    """
+
+    bad: type[Exception] = Exception
+
+    def __init__(self, data: Mapping[str, Any], path: str, problems: list[P]) -> None:
+        self.data = data
         self.path = path
-        self.ok = isinstance(data, dict)
-        self.data: dict[str, Any] = data if isinstance(data, dict) else {}
+        self.problems = problems
         self.used: set[str] = set()
-        if not self.ok:
-            self.error("", f"{_show(data)} is not a table")
+
+    def problem(self, path: str, message: str) -> P:
+        raise NotImplementedError
 
     def key_path(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path and key else (self.path or key)
 
     def error(self, key: str, message: str) -> None:
-        self.problems.append(Problem(self.key_path(key), message))
+        """Record a problem at ``key`` (relative to this table)."""
+        self.problems.append(self.problem(self.key_path(key), message))
 
     def has(self, key: str) -> bool:
         return key in self.data
 
     def get(self, key: str, convert: Callable[[object], T], default: T) -> T:
+        """The converted value of ``key``, or ``default`` when it is absent or wrong (then recorded)."""
         self.used.add(key)
         if key not in self.data:
             return default
         try:
             return convert(self.data[key])
-        except _Bad as e:
+        except self.bad as e:
             self.error(key, str(e))
             return default
 
     def require(self, key: str, convert: Callable[[object], T], default: T) -> T:
+        """As :meth:`get`, and a missing key is a problem (``is required``)."""
         if key not in self.data:
             self.used.add(key)
             self.error(key, "is required")
@@ -461,7 +473,7 @@ class _Reader:
         return self.get(key, convert, default)
 
     def get_list(self, key: str, convert: Callable[[object], T]) -> tuple[T, ...] | None:
-        """A list of values; None if the key is absent."""
+        """A list of converted values (bad items are recorded as ``key[i]``); None if absent."""
         self.used.add(key)
         if key not in self.data:
             return None
@@ -473,25 +485,41 @@ class _Reader:
         for i, item in enumerate(raw):
             try:
                 out.append(convert(item))
-            except _Bad as e:
+            except self.bad as e:
                 self.error(f"{key}[{i}]", str(e))
         return tuple(out)
+
+    def items(self) -> Iterator[tuple[str, object]]:
+        return iter(self.data.items())
+
+    def finish(self, known: tuple[str, ...] = ()) -> None:
+        """Record every key nobody asked for (``unknown key (known: ...)``)."""
+        names = sorted(self.used | set(known))
+        for key in self.data:
+            if key not in self.used and key not in known:
+                listed = ", ".join(names) if names else "none"
+                self.error(key, f"unknown key (known: {listed})")
+
+
+class _Reader(TableReader[Problem]):
+    """Reads one TOML table of the configuration file."""
+
+    bad = _Bad
+
+    def __init__(self, problems: list[Problem], path: str, data: object) -> None:
+        super().__init__(data if isinstance(data, dict) else {}, path, problems)
+        self.ok = isinstance(data, dict)
+        if not self.ok:
+            self.error("", f"{_show(data)} is not a table")
+
+    def problem(self, path: str, message: str) -> Problem:
+        return Problem(path, message)
 
     def table(self, key: str) -> _Reader | None:
         self.used.add(key)
         if key not in self.data:
             return None
         return _Reader(self.problems, self.key_path(key), self.data[key])
-
-    def items(self) -> Iterator[tuple[str, object]]:
-        return iter(self.data.items())
-
-    def finish(self, known: tuple[str, ...] = ()) -> None:
-        """Report every key that nothing asked for."""
-        names = sorted(self.used | set(known))
-        for key in self.data:
-            if key not in self.used and key not in known:
-                self.error(key, f"unknown key (known: {', '.join(names)})")
 
 
 def _name_ok(reader: _Reader, name: str) -> bool:

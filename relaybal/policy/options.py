@@ -20,7 +20,7 @@ e.g. ``"100 per minute" is not a rate (expected N/s|m|h)``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import attrs
@@ -78,66 +78,26 @@ def _show(value: object) -> str:
     return repr(value)
 
 
-class OptionReader:
+class OptionReader(_config.TableReader[OptionProblem]):
     """Reads one table of options, collecting problems instead of raising.
 
     ``path`` is the dotted prefix of the keys (``""`` for the policy table
-    itself, ``"zones[2]"`` for a nested one, see :meth:`sub`).
+    itself, ``"zones[2]"`` for a nested one, see :meth:`sub`). ``get``,
+    ``require``, ``get_list``, ``has``, ``items``, ``error`` and ``finish``
+    work as for the configuration file itself
+    (:class:`relaybal.config.TableReader`); converters raise
+    :class:`OptionValueError`.
     """
+
+    bad = OptionValueError
 
     def __init__(
         self, data: Mapping[str, Any], path: str = "", problems: list[OptionProblem] | None = None
     ) -> None:
-        self.data = data
-        self.path = path
-        self.problems: list[OptionProblem] = problems if problems is not None else []
-        self.used: set[str] = set()
+        super().__init__(data, path, problems if problems is not None else [])
 
-    def key_path(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path and key else (self.path or key)
-
-    def error(self, key: str, message: str) -> None:
-        """Record a problem at ``key`` (relative to this table)."""
-        self.problems.append(OptionProblem(self.key_path(key), message))
-
-    def has(self, key: str) -> bool:
-        return key in self.data
-
-    def get(self, key: str, convert: Callable[[object], T], default: T) -> T:
-        """The converted value of ``key``, or ``default`` when it is absent or wrong (then recorded)."""
-        self.used.add(key)
-        if key not in self.data:
-            return default
-        try:
-            return convert(self.data[key])
-        except OptionValueError as e:
-            self.error(key, str(e))
-            return default
-
-    def require(self, key: str, convert: Callable[[object], T], default: T) -> T:
-        """As :meth:`get`, and a missing key is a problem (``is required``)."""
-        if key not in self.data:
-            self.used.add(key)
-            self.error(key, "is required")
-            return default
-        return self.get(key, convert, default)
-
-    def get_list(self, key: str, convert: Callable[[object], T]) -> tuple[T, ...] | None:
-        """A list of converted values (bad items are recorded as ``key[i]``); None if absent."""
-        self.used.add(key)
-        if key not in self.data:
-            return None
-        raw = self.data[key]
-        if not isinstance(raw, list):
-            self.error(key, f"{_show(raw)} is not a list")
-            return ()
-        out: list[T] = []
-        for i, item in enumerate(raw):
-            try:
-                out.append(convert(item))
-            except OptionValueError as e:
-                self.error(f"{key}[{i}]", str(e))
-        return tuple(out)
+    def problem(self, path: str, message: str) -> OptionProblem:
+        return OptionProblem(path, message)
 
     def sub(self, key: str, data: object) -> OptionReader | None:
         """A reader for a nested table at ``key`` (e.g. ``"zones[1]"``); None (recorded) if not a table."""
@@ -151,16 +111,6 @@ class OptionReader:
         self.used.add(key)
         return self.data.get(key)
 
-    def items(self) -> Iterator[tuple[str, object]]:
-        return iter(self.data.items())
-
-    def finish(self, known: tuple[str, ...] = ()) -> None:
-        """Record every key nobody asked for (``unknown key (known: ...)``)."""
-        names = sorted(self.used | set(known))
-        for key in self.data:
-            if key not in self.used and key not in known:
-                listed = ", ".join(names) if names else "none"
-                self.error(key, f"unknown key (known: {listed})")
 
 
 # --------------------------------------------------------------------------- converters

@@ -37,7 +37,8 @@ from relaybal.policy.address import MailAddress, mail_address
 from relaybal.policy.chain import ChainLink, PolicyChain
 from relaybal.policy.context import PolicyContext, PolicyEnvironment, Stage
 from relaybal.policy.discovery import build_policy_chain
-from relaybal.policy.verdicts import DEFAULT_ACTION, Verdict
+from relaybal.policy.plugin import PolicyBase
+from relaybal.policy.verdicts import CONTINUE, DEFAULT_ACTION, Verdict
 from relaybal.relay.interfaces import Envelope, SessionState, TLSInfo
 from relaybal.relay.testing import RelayHarness, relay_config_dict
 from relaybal.smtp.wire import Mailbox, Reply
@@ -46,12 +47,65 @@ __all__ = [
     "Answer",
     "ChainRunner",
     "ChainSession",
+    "ScriptedPolicy",
     "address",
     "mailbox",
     "make_context",
     "make_environment",
     "verdict_of",
 ]
+
+
+class ScriptedPolicy(PolicyBase):
+    """A policy for tests: answers each stage from ``answers`` and records what it was asked.
+
+    ``ScriptedPolicy(rcpt=PERMIT, mail=lambda context: ...)``: a stage's
+    answer is a verdict, a callable taking the context (it may return a
+    Deferred), or absent (CONTINUE). ``asked`` lists ``(stage, context)`` in
+    order; :meth:`stages` the stage names; ``seen`` the contexts by stage.
+    """
+
+    def __init__(self, **answers: Any) -> None:
+        self.answers = answers
+        self.asked: list[tuple[str, PolicyContext]] = []
+
+    def _answer(self, stage: str, context: PolicyContext) -> VerdictResult:
+        self.asked.append((stage, context))
+        answer = self.answers.get(stage, CONTINUE)
+        if callable(answer) and not isinstance(answer, Verdict):
+            return answer(context)  # type: ignore[no-any-return]
+        return answer  # type: ignore[no-any-return]
+
+    def stages(self) -> list[str]:
+        return [stage for stage, _ in self.asked]
+
+    @property
+    def seen(self) -> dict[str, list[PolicyContext]]:
+        by_stage: dict[str, list[PolicyContext]] = {}
+        for stage, context in self.asked:
+            by_stage.setdefault(stage, []).append(context)
+        return by_stage
+
+    def connect(self, context: PolicyContext) -> VerdictResult:
+        return self._answer("connect", context)
+
+    def helo(self, context: PolicyContext) -> VerdictResult:
+        return self._answer("helo", context)
+
+    def auth(self, context: PolicyContext) -> VerdictResult:
+        return self._answer("auth", context)
+
+    def mail(self, context: PolicyContext) -> VerdictResult:
+        return self._answer("mail", context)
+
+    def rcpt(self, context: PolicyContext) -> VerdictResult:
+        return self._answer("rcpt", context)
+
+    def data(self, context: PolicyContext) -> VerdictResult:
+        return self._answer("data", context)
+
+    def end_of_data(self, context: PolicyContext) -> VerdictResult:
+        return self._answer("end_of_data", context)
 
 
 def mailbox(text: str) -> Mailbox:

@@ -26,7 +26,7 @@ from relaybal.policy import (
 from relaybal.policy import chain as chain_module
 from relaybal.policy.chain import ChainLink, PolicyChain
 from relaybal.policy.verdicts import parse_action
-from relaybal.testing import ChainRunner, verdict_of
+from relaybal.testing import ChainRunner, ScriptedPolicy, verdict_of
 
 NO = reject("No", "5.7.1", 550)
 LATER = defer("Later", "4.7.1", 450)
@@ -43,43 +43,7 @@ def messages(events: list[dict[str, Any]]) -> list[str]:
     return [formatEvent(e) for e in events]
 
 
-class Scripted(PolicyBase):
-    """Answers each stage from a table (CONTINUE otherwise) and records what it was asked."""
-
-    def __init__(self, **answers: Any) -> None:
-        self.answers = answers
-        self.asked: list[tuple[str, PolicyContext]] = []
-
-    def _answer(self, stage: str, context: PolicyContext) -> VerdictResult:
-        self.asked.append((stage, context))
-        answer = self.answers.get(stage, CONTINUE)
-        if callable(answer) and not isinstance(answer, Verdict):
-            return answer(context)  # type: ignore[no-any-return]
-        return answer  # type: ignore[no-any-return]
-
-    def stages(self) -> list[str]:
-        return [stage for stage, _ in self.asked]
-
-    def connect(self, context: PolicyContext) -> VerdictResult:
-        return self._answer("connect", context)
-
-    def helo(self, context: PolicyContext) -> VerdictResult:
-        return self._answer("helo", context)
-
-    def auth(self, context: PolicyContext) -> VerdictResult:
-        return self._answer("auth", context)
-
-    def mail(self, context: PolicyContext) -> VerdictResult:
-        return self._answer("mail", context)
-
-    def rcpt(self, context: PolicyContext) -> VerdictResult:
-        return self._answer("rcpt", context)
-
-    def data(self, context: PolicyContext) -> VerdictResult:
-        return self._answer("data", context)
-
-    def end_of_data(self, context: PolicyContext) -> VerdictResult:
-        return self._answer("end_of_data", context)
+Scripted = ScriptedPolicy
 
 
 def through_mail(runner: ChainRunner, client: str = "192.0.2.7", sender: str = "a@client.test") -> Any:

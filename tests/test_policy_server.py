@@ -14,12 +14,12 @@ from OpenSSL import crypto
 from twisted.internet.defer import Deferred
 
 from relaybal.interfaces import VerdictResult
-from relaybal.policy import PERMIT, PolicyBase, PolicyContext, Verdict, defer, disconnect, reject
+from relaybal.policy import CONTINUE, PERMIT, PolicyBase, PolicyContext, Verdict, defer, disconnect, reject
 from relaybal.proxyproto import v2
 from relaybal.relay.testing import Client
 from relaybal.smtp import server as server_module
 from relaybal.smtp.server import MAX_HEADER_BLOCK, parse_header_block
-from relaybal.testing import ChainRunner
+from relaybal.testing import ChainRunner, ScriptedPolicy
 
 HELLO = b"EHLO client.test\r\n"
 
@@ -28,46 +28,7 @@ def plain(user: str, password: str) -> bytes:
     return base64.b64encode(f"\0{user}\0{password}".encode())
 
 
-class Recorder(PolicyBase):
-    """Records every context; answers from a table."""
-
-    def __init__(self, **answers: Any) -> None:
-        self.answers = answers
-        self.seen: dict[str, list[PolicyContext]] = {}
-
-    def _answer(self, stage: str, context: PolicyContext) -> VerdictResult:
-        self.seen.setdefault(stage, []).append(context)
-        answer = self.answers.get(stage)
-        if callable(answer) and not isinstance(answer, Verdict):
-            return answer(context)  # type: ignore[no-any-return]
-        return answer if answer is not None else super_answer(stage)
-
-    def connect(self, context: PolicyContext) -> VerdictResult:
-        return self._answer("connect", context)
-
-    def helo(self, context: PolicyContext) -> VerdictResult:
-        return self._answer("helo", context)
-
-    def auth(self, context: PolicyContext) -> VerdictResult:
-        return self._answer("auth", context)
-
-    def mail(self, context: PolicyContext) -> VerdictResult:
-        return self._answer("mail", context)
-
-    def rcpt(self, context: PolicyContext) -> VerdictResult:
-        return self._answer("rcpt", context)
-
-    def data(self, context: PolicyContext) -> VerdictResult:
-        return self._answer("data", context)
-
-    def end_of_data(self, context: PolicyContext) -> VerdictResult:
-        return self._answer("end_of_data", context)
-
-
-def super_answer(stage: str) -> Verdict:
-    from relaybal.policy import CONTINUE
-
-    return CONTINUE
+Recorder = ScriptedPolicy
 
 
 def greeted(runner: ChainRunner, host: str = "192.0.2.7", **frontend: Any) -> tuple[Client, Any]:
@@ -226,7 +187,7 @@ def test_parse_header_block() -> None:
 
 
 def test_starttls_forgets_helo_and_auth_permits_and_the_context_shows_tls() -> None:
-    recorder = Recorder(helo=lambda c: PERMIT if c.helo_name == "trusted.test" else super_answer("helo"))
+    recorder = Recorder(helo=lambda c: PERMIT if c.helo_name == "trusted.test" else CONTINUE)
     client, _ = greeted(ChainRunner(recorder), tls=True)
     client.send(b"EHLO trusted.test\r\nSTARTTLS\r\n")
     client.output()
@@ -291,7 +252,7 @@ def test_the_transaction_number_changes_with_every_transaction() -> None:
 
 def test_the_helo_stage_sees_which_greeting_it_is() -> None:
     no_helo = reject("No HELO", "5.5.1", 550)
-    recorder = Recorder(helo=lambda c: no_helo if not c.esmtp else super_answer("helo"))
+    recorder = Recorder(helo=lambda c: no_helo if not c.esmtp else CONTINUE)
     client, _ = greeted(ChainRunner(recorder))
     client.send(b"HELO old.test\r\n")
     assert client.replies() == [b"550 5.5.1 No HELO"]

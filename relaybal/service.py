@@ -41,6 +41,7 @@ from relaybal.shared.buckets import SharedBucketStore
 from relaybal.shared.metrics import SharedStateCollector
 from relaybal.shared.state import SharedState, SharedStateError
 from relaybal.smtp.auth import UsersFile, UsersFileError
+from relaybal.splice import lean
 from relaybal.splice.frontend import SpliceFrontend
 from relaybal.spool.sinks import SpoolSink
 from relaybal.spool.store import SpoolLocked, SpoolStore
@@ -337,6 +338,7 @@ class RelaybalService(MultiService):
                 if item is None:
                     continue
                 port = self.reactor.adoptStreamPort(item.fd, item.family, frontend)
+                lean.use_for_accepted(port, self.reactor)
                 frontend.ports.append(port)
                 self.ports.append(port)
 
@@ -374,6 +376,7 @@ class RelaybalService(MultiService):
             raise ListenError("listening did not complete")
         if isinstance(result[0], Failure):
             raise ListenError(result[0].getErrorMessage())
+        lean.use_for_accepted(result[0], self.reactor)
         return result[0]
 
     def startService(self) -> None:

@@ -132,10 +132,14 @@ class SpliceFrontend(Factory):
         self._accepting = True
         # Real epoll reactor: lean client sockets for servers given as IP literals.
         self._lean_connect = lean.supported(reactor)
+        self._lean_hosts: dict[str, bool] = {}
 
     def connect_tcp(self, host: str, port: int, factory: ClientFactory, timeout: float) -> Any:
         """Start connecting to a server, as ``reactor.connectTCP`` (see :mod:`relaybal.splice.lean`)."""
-        if self._lean_connect and lean.is_ip_literal(host):
+        lean_ok = self._lean_hosts.get(host)
+        if lean_ok is None:
+            lean_ok = self._lean_hosts[host] = self._lean_connect and lean.is_ip_literal(host)
+        if lean_ok:
             return lean.connect_tcp(self.reactor, host, port, factory, timeout)
         return self.reactor.connectTCP(host, port, factory, timeout=timeout)
 

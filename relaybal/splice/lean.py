@@ -26,9 +26,11 @@ peer's end of stream is ``ConnectionDone``; an error is ``ConnectionLost``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
+import struct
 from typing import Any
 
 from twisted.internet import error, interfaces, tcp
@@ -42,6 +44,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 READ_SIZE = 65536
+_LINGER_RESET = struct.pack("ii", 1, 0)
 _IN_PROGRESS = (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY)
 
 
@@ -55,8 +58,9 @@ def is_ip_literal(host: str) -> bool:
     return isIPAddress(host) or isIPv6Address(host)
 
 
-def _address(family: int, sockaddr: Any) -> IPv4Address | IPv6Address:
-    if family == socket.AF_INET6:
+def _address(sockaddr: Any) -> IPv4Address | IPv6Address:
+    # An IPv6 socket address has four parts, an IPv4 one two (socket.family is a slow property).
+    if len(sockaddr) == 4:
         return IPv6Address("TCP", sockaddr[0], sockaddr[1])
     return IPv4Address("TCP", sockaddr[0], sockaddr[1])
 
@@ -134,6 +138,8 @@ class LeanTransport:
             del buffer[:sent]
             if buffer:
                 return None
+        if self._abort_call is not None:  # aborted by the read half of this same event
+            return None
         self._writing = False
         self.reactor.removeWriter(self)
         if self._producer_paused and self._producer is not None:
@@ -173,7 +179,7 @@ class LeanTransport:
     # -- the protocol's side
 
     def write(self, data: bytes) -> None:
-        if self.disconnected or not data:
+        if self.disconnected or self._abort_call is not None or not data:
             return
         buffer = self._buffer
         if not buffer and self.connected:
@@ -215,6 +221,9 @@ class LeanTransport:
             self._writing = False
             self.reactor.removeWriter(self)
         self._buffer = bytearray()
+        # As Twisted does: the peer gets a reset, not what looks like a clean end of stream.
+        with contextlib.suppress(OSError):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         self._abort_call = self.reactor.callLater(0, self.connectionLost, Failure(error.ConnectionAborted()))
 
     def startReading(self) -> None:
@@ -254,10 +263,10 @@ class LeanTransport:
     def getPeer(self) -> IPv4Address | IPv6Address:
         if self._peer is None:
             self._peer = self.socket.getpeername()
-        return _address(self.socket.family, self._peer)
+        return _address(self._peer)
 
     def getHost(self) -> IPv4Address | IPv6Address:
-        return _address(self.socket.family, self.socket.getsockname())
+        return _address(self.socket.getsockname())
 
     def getTcpNoDelay(self) -> bool:
         return bool(self.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
@@ -324,7 +333,13 @@ class LeanConnector:
             sock.close()
             self.timer = reactor.callLater(0, self.failed, error.getConnectError((err, os.strerror(err))))
             return
-        self.transport = LeanTransport(sock, None, reactor, peer=self.address, connector=self)
+        self.transport = LeanTransport(
+            sock,
+            None,
+            reactor,
+            peer=self.address if self.family == socket.AF_INET else (host, port, 0, 0),
+            connector=self,
+        )
         self.transport._writing = True
         reactor.addWriter(self.transport)
         self.timer = reactor.callLater(timeout, self.failed, error.TimeoutError())
@@ -350,7 +365,7 @@ class LeanConnector:
             self.timer = None
         transport._connector = None
         transport.connected = True
-        protocol = self.factory.buildProtocol(_address(self.family, self.address))
+        protocol = self.factory.buildProtocol(transport.getPeer())
         if protocol is None:
             transport.protocol = Protocol()
             return CONNECTION_DONE

@@ -8,9 +8,10 @@ same two servers:
 - ``new``: one connection per message (each message is a whole SMTP session);
 - ``reuse``: ``-d``, many messages over each connection.
 
-Runs alternate between the two balancers, and the median of ``--runs`` runs is
-reported with the ratio relaybal/HAProxy. Only ratios are meaningful: absolute
-rates on a shared machine are noise. Usage::
+Runs alternate between the two balancers (which one goes first alternates
+too), and the median of ``--runs`` runs is reported with the ratio
+relaybal/HAProxy. Only ratios are meaningful: absolute rates on a shared
+machine are noise. Usage::
 
     .venv/bin/python bench/splice.py [--runs 3] [--workers 1] [--new-messages 5000] [--reuse-messages 20000]
 """
@@ -91,7 +92,10 @@ def main() -> int:
             rate(hport, 200, reuse)  # warm both up
             rate(rport, 200, reuse)
             for run in range(args.runs):
-                for name, port in (("haproxy", hport), ("relaybal", rport)):
+                # Counterbalanced: the balancer that goes first alternates, so that the order of
+                # runs (what one leaves behind, thousands of sockets in TIME_WAIT) favours neither.
+                order = [("haproxy", hport), ("relaybal", rport)]
+                for name, port in order if run % 2 == 0 else order[::-1]:
                     r = rate(port, messages, reuse)
                     results.setdefault((workload, name), []).append(r)
                     print(f"  {workload:<28} run {run + 1}  {name:<8} {r:8.0f} msg/s", file=sys.stderr)

@@ -139,8 +139,12 @@ def main() -> int:
         for workload, messages, reuse in workloads:
             for port, _ in balancers.values():
                 smtp_source_rate(port, messages=200, reuse=reuse, sessions=SESSIONS, size=SIZE)
+            names = list(balancers)
             for run in range(args.runs):
-                for name, (port, peer) in balancers.items():
+                # Each run starts with a different balancer: the order of runs measurably moved
+                # the figures (what a run leaves behind: thousands of sockets in TIME_WAIT).
+                for name in names[run % len(names) :] + names[: run % len(names)]:
+                    port, peer = balancers[name]
                     before = process_tree_cpu(peer.pid or 0)
                     rate = smtp_source_rate(
                         port, messages=messages, reuse=reuse, sessions=SESSIONS, size=SIZE
@@ -150,7 +154,12 @@ def main() -> int:
                     cpu.setdefault((workload, name), []).append(
                         ((after[0] - before[0]) / messages * 1e6, (after[1] - before[1]) / messages * 1e6)
                     )
-                    print(f"  {workload:<28} run {run + 1}  {name:<26} {rate:8.0f} msg/s", file=sys.stderr)
+                    user, system = cpu[(workload, name)][-1]
+                    print(
+                        f"  {workload:<28} run {run + 1}  {name:<26} {rate:8.0f} msg/s"
+                        f"  user {user:4.0f} µs  sys {system:4.0f} µs",
+                        file=sys.stderr,
+                    )
 
         print()
         print(

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from twisted.internet import error, interfaces, tcp
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from twisted.internet.main import CONNECTION_LOST
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -469,7 +469,7 @@ def test_loseConnection_with_nothing_queued_closes_on_the_next_write_event(
     assert transport.disconnecting and not transport.disconnected
     assert fake.readers == set() and fake.writers == {transport}
     assert proto.lost == []  # not before the reactor says so
-    assert fake.dispatch(transport, write=True) is CONNECTION_DONE
+    assert fake.dispatch(transport, write=True) is None  # it ends itself
     assert len(proto.lost) == 1 and proto.lost[0].check(error.ConnectionDone)
     assert type(proto.lost[0].value) is error.ConnectionDone
     assert at_eof(peer)
@@ -546,7 +546,7 @@ def test_peer_eof_is_connection_done_exactly_once(fake: FakeReactor, sockets: li
     peer.close()
     assert fake.dispatch(transport, read=True) is None
     assert proto.data == b"QUIT\r\n"
-    assert fake.dispatch(transport, read=True) is CONNECTION_DONE
+    assert fake.dispatch(transport, read=True) is None  # it ends itself
     assert len(proto.lost) == 1 and type(proto.lost[0].value) is error.ConnectionDone
     # Whatever else reports the end (a late abort, the reactor again) is ignored.
     transport.connectionLost(Failure(error.ConnectionLost()))
@@ -575,7 +575,7 @@ def test_loseConnection_from_dataReceived_closes_in_the_same_event(
     transport.startReading()
     peer.sendall(b"QUIT\r\n")
     # The reply went out at once, so the write half of the same event finds nothing queued.
-    assert fake.dispatch(transport, read=True, write=True) is CONNECTION_DONE
+    assert fake.dispatch(transport, read=True, write=True) is None  # it ends itself
     assert len(proto.lost) == 1 and type(proto.lost[0].value) is error.ConnectionDone
     assert drain(peer) == b"221 2.0.0 bye\r\n" and at_eof(peer)
 
@@ -590,7 +590,7 @@ def test_read_error_is_connection_lost(fake: FakeReactor, sockets: list[socket.s
     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     client.close()
     wait_readable(accepted)
-    assert fake.dispatch(transport, read=True) is CONNECTION_LOST
+    assert fake.dispatch(transport, read=True) is None  # it ends itself
     assert len(proto.lost) == 1 and type(proto.lost[0].value) is error.ConnectionLost
 
 
@@ -598,7 +598,7 @@ def test_send_error_in_doWrite_is_connection_lost(fake: FakeReactor, sockets: li
     transport, proto, peer = lean_pair(fake, sockets)
     transport.write(BIG)
     peer.close()
-    assert fake.dispatch(transport, write=True) is CONNECTION_LOST  # EPIPE
+    assert fake.dispatch(transport, write=True) is None  # it ends itself
     assert len(proto.lost) == 1 and type(proto.lost[0].value) is error.ConnectionLost
     assert fake.writers == set()
 
@@ -611,7 +611,7 @@ def test_write_to_a_broken_socket_is_reported_by_doWrite(
     transport.write(b"data")  # send fails: no exception here, the error is the reactor's to report
     assert fake.writers == {transport}
     assert proto.lost == []
-    assert fake.dispatch(transport, write=True) is CONNECTION_LOST
+    assert fake.dispatch(transport, write=True) is None  # it ends itself
     assert len(proto.lost) == 1 and proto.lost[0].check(error.ConnectionLost)
 
 
@@ -866,7 +866,7 @@ def test_connect_success(fake: FakeReactor, sockets: list[socket.socket], listen
     assert recv_exactly(server, 6) == b"QUIT\r\n"
     server.close()
     wait_readable(transport.socket)
-    assert fake.dispatch(transport, read=True) is CONNECTION_DONE
+    assert fake.dispatch(transport, read=True) is None  # it ends itself
     assert len(proto.lost) == 1 and type(proto.lost[0].value) is error.ConnectionDone
 
 
@@ -932,7 +932,7 @@ def test_write_and_loseConnection_in_connectionMade(
     server, _ = listener.accept()
     sockets.append(server)
     wait_writable(transport.socket)
-    assert fake.dispatch(transport, write=True) is CONNECTION_DONE
+    assert fake.dispatch(transport, write=True) is None  # it ends itself
     [proto] = factory.protocols
     assert len(proto.lost) == 1 and proto.lost[0].check(error.ConnectionDone)
     assert recv_exactly(server, 6) == b"QUIT\r\n"
@@ -966,7 +966,7 @@ def test_buildProtocol_returning_None_closes_the_connection(
     server, _ = listener.accept()
     sockets.append(server)
     wait_writable(transport.socket)
-    assert fake.dispatch(transport, write=True) is CONNECTION_DONE
+    assert fake.dispatch(transport, write=True) is None  # it ends itself
     assert len(factory.addresses) == 1
     assert transport.disconnected
     server.settimeout(WAIT)

@@ -38,13 +38,15 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 READ_SIZE = 65536
 _LINGER_RESET = struct.pack("ii", 1, 0)
+# Shared, as the reactor's own: a Failure is costly to build and these carry no traceback.
+_DONE = Failure(error.ConnectionDone())
+_LOST = Failure(error.ConnectionLost())
 _IN_PROGRESS = (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY)
 
 
@@ -118,15 +120,21 @@ class LeanTransport:
         except BlockingIOError:  # a stale event, or a descriptor number reused in this poll
             return None
         except OSError:
-            return CONNECTION_LOST
+            self.connectionLost(_LOST)
+            return None
         if not data:
-            return CONNECTION_DONE
+            # Ended here rather than through the reactor's _disconnectSelectable: the same
+            # outcome (no half-close for splices), for less Python per connection.
+            self.connectionLost(_DONE)
+            return None
         self.protocol.dataReceived(data)  # type: ignore[union-attr]
         return None
 
     def doWrite(self) -> Any:
         if self._connector is not None:
             return self._connector.writable(self)
+        if self.disconnected:  # ended by the read half of this same event
+            return None
         buffer = self._buffer
         if buffer:
             try:
@@ -134,7 +142,8 @@ class LeanTransport:
             except BlockingIOError:
                 return None
             except OSError:
-                return CONNECTION_LOST
+                self.connectionLost(_LOST)
+                return None
             del buffer[:sent]
             if buffer:
                 return None
@@ -146,7 +155,7 @@ class LeanTransport:
             self._producer_paused = False
             self._producer.resumeProducing()
         if self.disconnecting:
-            return CONNECTION_DONE
+            self.connectionLost(_DONE)
         return None
 
     def connectionLost(self, reason: Failure) -> None:
@@ -367,8 +376,8 @@ class LeanConnector:
         transport.connected = True
         protocol = self.factory.buildProtocol(transport.getPeer())
         if protocol is None:
-            transport.protocol = Protocol()
-            return CONNECTION_DONE
+            transport.connectionLost(_DONE)
+            return None
         transport.protocol = protocol
         transport.startReading()
         protocol.makeConnection(transport)

@@ -113,6 +113,8 @@ class CutThroughWriter:
         self.pending = list(range(len(envelope.recipients)))
         self.delivered: list[int] = []
         self.failed: dict[int, SMTPReply | str] = {}
+        #: The gateway (its address host) that gave the reply in ``failed``, when a gateway gave it.
+        self.remote: dict[int, str] = {}
         self.last: SMTPReply | None = None
         self.result: Deferred[str] | None = None
 
@@ -172,6 +174,7 @@ class CutThroughWriter:
 
     def _outcome(self, server: Server, pending: list[int], result: TransactionResult | Failure) -> None:
         counters = self.sink.gateways.counters_of(server)
+        host = server.config.address.host
         still: list[int] = []
         if isinstance(result, Failure):
             error = result.value
@@ -188,8 +191,13 @@ class CutThroughWriter:
                     server=server.name,
                 )
             still = pending
+            # With a reply the gateway reported the failure; without one (no connection) it is ours.
+            replied = isinstance(error, DeliveryError) and error.reply is not None
             for i in pending:
-                self.failed.setdefault(i, str(error))
+                if i not in self.failed:
+                    self.failed[i] = str(error)
+                    if replied:
+                        self.remote[i] = host
         else:
             data = result.data
             for i, reply in zip(pending, result.recipients, strict=False):
@@ -197,11 +205,14 @@ class CutThroughWriter:
                 if final.code < 300 and data is not None:
                     self.delivered.append(i)
                     self.failed.pop(i, None)
+                    self.remote.pop(i, None)
                 elif final.code >= 500:
                     self.failed[i] = final
+                    self.remote[i] = host
                 else:
                     self.last = final
                     self.failed[i] = final
+                    self.remote[i] = host
                     still.append(i)
             still.extend(pending[len(result.recipients) :])
             delivered_now = [i for i in pending if i in self.delivered]
@@ -274,7 +285,7 @@ class CutThroughWriter:
             if status.startswith("4"):
                 status = "5" + status[1:]
             address = str(envelope.recipients[i])
-            recipients.append(FailedRecipient(address, status, diagnostic, remote_mta=None))
+            recipients.append(FailedRecipient(address, status, diagnostic, remote_mta=self.remote.get(i)))
         head = b"".join(self.chunks)[:65536]
         now = self.sink.clock()
         body = build_bounce(

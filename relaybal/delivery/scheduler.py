@@ -143,6 +143,9 @@ class _Work:
     tried: list[Server] = attrs.field(factory=list)
     updates: dict[int, RecipientState] = attrs.field(factory=dict)
     replies: dict[int, str] = attrs.field(factory=dict)
+    remote: dict[int, str | None] = attrs.field(factory=dict)
+    """Per recipient with a reply in ``replies``: the gateway that gave it (its address host),
+    None when the text is not a gateway's reply (a connection failure, a timeout, an internal error)."""
     missing: str | None = None
     cancelled: bool = False
 
@@ -213,6 +216,10 @@ class Scheduler:
         self._running = False
         self._stopped: Deferred[None] | None = None
         self._jobs: set[Deferred[Any]] = set()
+        # Per queued message, per recipient index: the gateway (its address host) whose reply
+        # decided the recipient's recorded state, for the bounce's Remote-MTA. Kept in memory:
+        # after a restart a bounce reports no Remote-MTA for replies received before it.
+        self._remote: dict[str, dict[int, str]] = {}
 
     # --- life cycle
 
@@ -323,6 +330,8 @@ class Scheduler:
             del self._due[queue_id]
             if queue_id in self.store:
                 self._make_ready(queue_id, self.store.get(queue_id))
+            else:
+                self._remote.pop(queue_id, None)
         self._arm_timer()
         self._dispatch()
 
@@ -350,6 +359,8 @@ class Scheduler:
                 if queue_id not in self.store or queue_id in self._deleted:
                     ready.popleft()
                     self._queued.discard(queue_id)
+                    if queue_id not in self.store:
+                        self._remote.pop(queue_id, None)
                     continue
                 message = self.store.get(queue_id)
                 work = _Work(message, backend, list(message.pending))
@@ -476,6 +487,7 @@ class Scheduler:
         counters = self.gateways.counters_of(server)
         message = work.message
         now = self.reactor.seconds()
+        host = server.config.address.host
         still: list[int] = []
         delivered = bounced = 0
         summary = ""
@@ -498,16 +510,20 @@ class Scheduler:
                         server=f"{server.backend_name}/{server.name}",
                     )
                 permanent = not error.retry_elsewhere and (reply is None or reply.code >= 500)
+                # With a reply the gateway reported the failure; without one it is ours.
+                remote = host if reply is not None else None
                 if permanent:
                     # The gateway refused it for good, or it cannot be sent at all (a bad address).
                     for i in pending:
                         work.updates[i] = message.recipients[i].bounced(summary)
                         work.replies[i] = summary
+                        work.remote[i] = remote
                     bounced = len(pending)
                 else:
                     still = pending
                     for i in pending:
                         work.replies[i] = summary
+                        work.remote[i] = remote
                     if not isinstance(error, IdentityConflict):
                         server.record_failure(summary)
             else:
@@ -517,6 +533,7 @@ class Scheduler:
                 still = pending
                 for i in pending:
                     work.replies[i] = summary
+                    work.remote[i] = None
         else:
             replies = result.recipients
             data = result.data
@@ -533,6 +550,7 @@ class Scheduler:
                 else:
                     still.append(i)
                 work.replies[i] = text
+                work.remote[i] = host
             if len(replies) < len(pending):
                 still.extend(pending[len(replies) :])
             summary = str(result.data) if result.data is not None else (str(replies[0]) if replies else "")
@@ -606,10 +624,15 @@ class Scheduler:
             if only_missing and missing is not None:
                 status, text = _MISSING_STATUS.get(missing, ("5.3.0", f"no gateway supports {missing}"))
                 for i in work.pending:
+                    # Made here, not a gateway's reply: no Remote-MTA.
                     work.updates[i] = current[i].bounced(f"554 {status} {text}")
+                    work.remote[i] = None
             elif expired:
                 for i in work.pending:
-                    last = work.replies.get(i) or "no gateway could be reached"
+                    last = work.replies.get(i)
+                    if not last:
+                        last = "no gateway could be reached"
+                        work.remote[i] = None
                     expiry = f"{last} (delivery time expired after {attempts} attempts)"
                     work.updates[i] = current[i].bounced(expiry)
             else:
@@ -623,6 +646,7 @@ class Scheduler:
         queue_id = work.queue_id
         if queue_id not in self.store:
             self._active.pop(queue_id, None)
+            self._remote.pop(queue_id, None)
             return succeed(None)
         states = list(self.store.get(queue_id).recipients)
         for i, state in work.updates.items():
@@ -634,12 +658,14 @@ class Scheduler:
                 # Nothing to remember: the removal record says it all.
                 return self._remove(queue_id)
             d = self.store.record(queue_id, work.updates)
+            d.addCallback(lambda _: self._remember(work))
             d.addCallback(lambda _: self._finish_message(queue_id))
             d.addErrback(self._save_failed, queue_id)
             return d
         d = self.store.record(queue_id, work.updates)
 
         def saved(_: None) -> None:
+            self._remember(work)
             self._active.pop(queue_id, None)
             if queue_id in self.store:
                 self._schedule(self.store.get(queue_id))
@@ -648,6 +674,24 @@ class Scheduler:
         d.addCallback(saved)
         d.addErrback(self._save_failed, queue_id)
         return d
+
+    def _remember(self, work: _Work) -> None:
+        """Keep, for each recipient whose new state was recorded, the gateway whose reply decided it.
+
+        A state decided by no gateway's reply (a connection failure, a local
+        bounce, no reply at all) forgets the gateway of an earlier round:
+        Remote-MTA always names the gateway that gave the recipient's last
+        reply, the one the bounce quotes.
+        """
+        remote = self._remote.setdefault(work.queue_id, {})
+        for i, state in work.updates.items():
+            host = work.remote.get(i) if i in work.replies else None
+            if host is not None and state.status is not RecipientStatus.DELIVERED:
+                remote[i] = host
+            else:
+                remote.pop(i, None)
+        if not remote:
+            del self._remote[work.queue_id]
 
     def _save_failed(self, failure: Failure, queue_id: str) -> None:
         log.failure("{queue_id}: cannot store delivery results (tried again later)", failure,
@@ -663,8 +707,9 @@ class Scheduler:
             self._active.pop(queue_id, None)
             return succeed(None)
         message = self.store.get(queue_id)
+        remote = self._remote.get(queue_id, {})
         failed = [
-            (message.envelope.recipients[i], state)
+            (message.envelope.recipients[i], state, remote.get(i))
             for i, state in enumerate(message.recipients)
             if state.status is RecipientStatus.BOUNCED
         ]
@@ -685,8 +730,9 @@ class Scheduler:
         return d
 
     def _queue_bounce(
-        self, message: QueuedMessage, failed: list[tuple[Mailbox, RecipientState]]
+        self, message: QueuedMessage, failed: list[tuple[Mailbox, RecipientState, str | None]]
     ) -> Deferred[None]:
+        """Queue the bounce for ``failed``: (recipient, its state, the gateway whose reply bounced it)."""
         reader = self.store.open_body(message.queue_id)
         d = reader.read(65536)
 
@@ -700,9 +746,9 @@ class Scheduler:
                         address=str(rcpt),
                         status=_status_of(state.reply),
                         diagnostic=state.reply,
-                        remote_mta=None,
+                        remote_mta=remote_mta,
                     )
-                    for rcpt, state in failed
+                    for rcpt, state, remote_mta in failed
                 ],
                 reporting_mta=self.hostname,
                 arrival_date=envelope.received_at,
@@ -746,6 +792,7 @@ class Scheduler:
 
     def _remove(self, queue_id: str) -> Deferred[None]:
         message = self.store.get(queue_id) if queue_id in self.store else None
+        self._remote.pop(queue_id, None)
         self._deleted.discard(queue_id)
         self._held.discard(queue_id)
         self._due.pop(queue_id, None)

@@ -4,15 +4,36 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from relaybal import __version__
 from relaybal.config import load_or_report
 
 
 def check_config(path: str) -> int:
-    """Validate a file: 0 valid, 1 invalid (every problem printed), 2 unreadable or not TOML."""
-    config = load_or_report(path)
+    """Validate a file: 0 valid, 1 invalid (every problem printed), 2 unreadable or not TOML.
+
+    A policy plugin module that fails to import is a one-line warning on
+    stderr; it makes the file invalid only if a policy names a plugin that is
+    then not found.
+    """
+    from twisted.logger import ILogObserver, globalLogPublisher
+    from zope.interface import provider
+
+    from relaybal.policy.discovery import IMPORT_ERROR_KEY, PluginImportError
+
+    @provider(ILogObserver)
+    def warn(event: Mapping[str, Any]) -> None:
+        error = event.get(IMPORT_ERROR_KEY)
+        if isinstance(error, PluginImportError):
+            print(f"warning: {error.warning()}", file=sys.stderr)
+
+    globalLogPublisher.addObserver(warn)
+    try:
+        config = load_or_report(path)
+    finally:
+        globalLogPublisher.removeObserver(warn)
     if isinstance(config, int):
         return config
     print(

@@ -120,6 +120,8 @@ class FrontendConfig:
     max_line_length: int = 1000
     max_path_length: int = 256
     max_local_part: int = 64
+    reverse_lookup: bool = False
+    reverse_lookup_timeout: float = 5.0
 
 
 @attrs.frozen
@@ -611,7 +613,7 @@ def _read_frontend(name: str, r: _Reader, global_: GlobalConfig) -> FrontendConf
         "hostname", "banner", "max_message_size", "max_recipients", "delivery", "policies",
         "tls", "require_tls", "auth", "allow_plaintext_auth", "bare_newline",
         "timeout_data", "timeout_session", "max_command_line", "max_line_length",
-        "max_path_length", "max_local_part",
+        "max_path_length", "max_local_part", "reverse_lookup", "reverse_lookup_timeout",
     )  # fmt: skip
     if mode != "relay":
         for key in relay_keys:
@@ -637,8 +639,10 @@ def _read_frontend(name: str, r: _Reader, global_: GlobalConfig) -> FrontendConf
         max_line_length=r.get("max_line_length", size, d.max_line_length),
         max_path_length=r.get("max_path_length", integer(256, 4096), d.max_path_length),
         max_local_part=r.get("max_local_part", integer(64, 4096), d.max_local_part),
+        reverse_lookup=r.get("reverse_lookup", boolean, d.reverse_lookup),
+        reverse_lookup_timeout=r.get("reverse_lookup_timeout", duration, d.reverse_lookup_timeout),
     )
-    for key in ("timeout_client", "timeout_data", "proxy_timeout"):
+    for key in ("timeout_client", "timeout_data", "proxy_timeout", "reverse_lookup_timeout"):
         if r.has(key) and kw[key] <= 0:
             r.error(key, "must be greater than zero")
     # The DATA scanner holds at most one partial line; past 1M that stops being cheap.

@@ -36,8 +36,11 @@ class PolicyContext:
       ``client_address``/``client_port`` (the real client, after a PROXY
       header; None on a UNIX socket), ``server_address``/``server_port``,
       ``proxy_address`` (the proxy's, when a PROXY header was read),
-      ``reverse_name`` (the client's name if relaybal looked it up; it does
-      not yet, so None).
+      ``reverse_name`` (the client's PTR name, unverified; None unless the
+      frontend has ``reverse_lookup = true`` and the lookup found one in
+      time), ``client_name`` (Postfix's ``client_name``: the PTR name when
+      its A/AAAA records include the client's address, else ``"unknown"``;
+      None when no lookup was made).
     Greeting and TLS:
       ``helo_name`` and ``esmtp`` (EHLO rather than HELO; at the ``helo``
       stage: the greeting being given), ``tls_version``/``tls_cipher``/``tls_cipher_bits`` (None
@@ -68,6 +71,7 @@ class PolicyContext:
     server_port: int | None = None
     proxy_address: str | None = None
     reverse_name: str | None = None
+    client_name: str | None = None
     helo_name: str | None = None
     esmtp: bool = False
     tls_version: str | None = None
@@ -128,6 +132,7 @@ def context_of(
         server_port=local[1] if local is not None else None,
         proxy_address=state.proxy[0] if state.proxy is not None else None,
         reverse_name=state.reverse_name,
+        client_name=state.client_name,
         helo_name=helo if helo is not None else state.helo,
         esmtp=state.esmtp,
         tls_version=tls.version if tls is not None else None,

@@ -4,21 +4,31 @@
 :class:`RelayFrontend`, loading its certificate and users file and building
 its policy chain (a problem is a :class:`RelaySetupError` naming the key, and
 the daemon does not start).
+
+:func:`lookup_client_name` is the client name lookup of ``reverse_lookup =
+true`` (what Postfix's smtpd does with ``smtpd_peername_lookup``): a PTR
+lookup, then the forward confirmation of the name it found.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
+import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.internet.threads import deferToThreadPool
+from twisted.names import dns
+from twisted.names.error import DomainError
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from relaybal.balance.backend import Backend
@@ -63,6 +73,8 @@ def settings_for(config: FrontendConfig, tls_available: bool, auth_available: bo
         timeout_data=config.timeout_data,
         timeout_session=config.timeout_session,
         maxconn_per_client=config.maxconn_per_client,
+        reverse_lookup=config.reverse_lookup,
+        reverse_lookup_timeout=config.reverse_lookup_timeout,
     )
 
 
@@ -98,6 +110,157 @@ def load_tls(config: TLSServerConfig) -> CertificateOptions:
         raise RelaySetupError(f"the certificate and key do not fit together: {e}") from None
 
 
+#: ``client_name`` of a client whose name was looked up but not confirmed (Postfix's word).
+UNKNOWN: Final = "unknown"
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+@attrs.frozen
+class ClientName:
+    """What a client name lookup found (Postfix's ``reverse_client_name`` and ``client_name``).
+
+    ``reverse_name``: the PTR name, unverified (None: none found, or not in
+    time). ``client_name``: ``reverse_name`` when its A/AAAA records include
+    the client's address, else :data:`UNKNOWN`. ``problem``: why the name is
+    unknown, worth a log line (None when all went well, or there simply is
+    no PTR record).
+    """
+
+    reverse_name: str | None
+    client_name: str
+    problem: str | None = None
+
+
+def usable_hostname(name: str) -> bool:
+    """Whether a PTR answer is a host name that may be used (not malformed, not numeric).
+
+    As Postfix: a numeric "name" (``192.0.2.7``, ``1234``) would let a PTR
+    record's owner pass for an address in access checks.
+    """
+    if not name or len(name) > 253 or not name.isascii():
+        return False
+    labels = name.split(".")
+    if not all(_LABEL.match(label) for label in labels):
+        return False
+    if all(label.isdigit() for label in labels):
+        return False
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return True
+    return False
+
+
+def _client_ip(host: str) -> IPAddress | None:
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _ptr_name(result: Any) -> str | None:
+    """The first PTR name in a lookup's answers (without its final dot), if it is usable."""
+    for rr in result[0]:
+        if rr.type == dns.PTR:
+            name = bytes(rr.payload.name.name).decode("ascii", "replace").rstrip(".")
+            return name if usable_hostname(name) else None
+    return None
+
+
+def _addresses(result: Any, record_type: int) -> set[IPAddress]:
+    found: set[IPAddress] = set()
+    for rr in result[0]:
+        if rr.type == record_type:
+            try:
+                found.add(ipaddress.ip_address(bytes(rr.payload.address)))
+            except ValueError:
+                continue
+    return found
+
+
+def _resolve(
+    resolver: Any, ip: IPAddress, timeout: float, wanted: Callable[[], bool]
+) -> Deferred[ClientName]:
+    """PTR, then A (AAAA for IPv6) of the name found (while still ``wanted``); never fails."""
+    each = (timeout,)  # the resolver gives up on its own too, so no query outlives the session's timer long
+
+    def forward(name: str | None) -> ClientName | Deferred[ClientName]:
+        if name is None:
+            return ClientName(None, UNKNOWN)
+        if not wanted():  # timed out, or the client left: no point in asking more
+            return ClientName(name, UNKNOWN)
+        if ip.version == 4:
+            lookup, record_type = resolver.lookupAddress, dns.A
+        else:
+            lookup, record_type = resolver.lookupIPV6Address, dns.AAAA
+
+        def confirm(result: Any) -> ClientName:
+            if ip in _addresses(result, record_type):
+                return ClientName(name, name)
+            return ClientName(name, UNKNOWN, f"hostname {name} does not resolve to address {ip}")
+
+        def unconfirmed(failure: Failure) -> ClientName:
+            why = "no such name" if failure.check(DomainError) else _error_text(failure)
+            return ClientName(name, UNKNOWN, f"hostname {name} does not resolve to address {ip}: {why}")
+
+        d: Deferred[Any] = maybeDeferred(lookup, name, timeout=each)
+        return d.addCallbacks(confirm, unconfirmed)
+
+    def no_ptr(failure: Failure) -> ClientName:
+        if failure.check(DomainError):  # NXDOMAIN: the address simply has no name
+            return ClientName(None, UNKNOWN)
+        return ClientName(None, UNKNOWN, f"name lookup failed: {_error_text(failure)}")
+
+    d: Deferred[Any] = maybeDeferred(resolver.lookupPointer, ip.reverse_pointer, timeout=each)
+    d.addCallback(_ptr_name)
+    d.addCallback(forward)
+    return d.addErrback(no_ptr)
+
+
+def _error_text(failure: Failure) -> str:
+    return failure.getErrorMessage() or type(failure.value).__name__
+
+
+def lookup_client_name(resolver: Any, reactor: Any, host: str, timeout: float) -> Deferred[ClientName]:
+    """Look up the name of client ``host`` as Postfix's smtpd does; fires within ``timeout`` seconds.
+
+    The PTR record of the address gives ``reverse_name``; the name's A
+    records (AAAA for an IPv6 client) must include the address for it to be
+    ``client_name``. No PTR record, a malformed or numeric name, a failed
+    lookup: both unknown. Past ``timeout`` (for both lookups together) the
+    result is both unknown too, whatever arrives later. ``resolver`` is a
+    ``twisted.names`` IResolver. The Deferred never fails; cancelling it
+    stops its timer (the client went away).
+    """
+    ip = _client_ip(host)
+    if ip is None:
+        return succeed(ClientName(None, UNKNOWN))
+    timer: list[IDelayedCall] = []
+
+    def cancel(_: Deferred[ClientName]) -> None:
+        if timer and timer[0].active():
+            timer[0].cancel()
+
+    result: Deferred[ClientName] = Deferred(cancel)
+
+    def finish(found: ClientName) -> None:
+        if result.called:
+            return  # already timed out (or cancelled): a late answer changes nothing
+        if timer and timer[0].active():
+            timer[0].cancel()
+        result.callback(found)
+
+    late = ClientName(None, UNKNOWN, f"name lookup timed out after {timeout:g}s")
+    timer.append(reactor.callLater(timeout, finish, late))
+    _resolve(resolver, ip, timeout, lambda: not result.called).addCallback(finish)
+    return result
+
+
 class RelayFrontend(Factory):
     """A relay listener and the state its sessions share: counters, sink, policy, TLS, AUTH."""
 
@@ -114,6 +277,7 @@ class RelayFrontend(Factory):
         tls_options: CertificateOptions | None = None,
         portal: Portal | None = None,
         auth_pool: ThreadPool | None = None,
+        resolver: Any = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -137,9 +301,21 @@ class RelayFrontend(Factory):
         self.per_client = ClientCounts()
         self.draining = False
         self.sessions: set[ESMTPServer] = set()
+        self.resolver: Any = resolver
+        """The ``twisted.names`` IResolver of ``reverse_lookup`` (None: the system's, made when needed)."""
+        self._own_resolver = False
 
     def buildProtocol(self, addr: Any) -> ESMTPServer:
         return ESMTPServer(self)
+
+    def lookup_client_name(self, host: str) -> Deferred[ClientName]:
+        """The name of client ``host`` (``reverse_lookup``); fires within ``reverse_lookup_timeout``."""
+        if self.resolver is None:
+            from twisted.names import client
+
+            self.resolver = client.Resolver(resolv="/etc/resolv.conf", reactor=self.reactor)
+            self._own_resolver = True
+        return lookup_client_name(self.resolver, self.reactor, host, self.settings.reverse_lookup_timeout)
 
     def startFactory(self) -> None:
         if self.auth_pool is not None and not self.auth_pool.started:
@@ -151,6 +327,13 @@ class RelayFrontend(Factory):
         close = getattr(self.policy, "close", None)
         if close is not None:
             close()  # idle policy-server connections and the like; sessions still open keep working
+        if self._own_resolver:
+            # twisted.names re-reads resolv.conf every minute for ever; a replaced frontend stops that.
+            call = getattr(self.resolver, "_parseCall", None)
+            if call is not None and call.active():
+                call.cancel()
+            self.resolver = None
+            self._own_resolver = False
 
     # -- accounting
 
@@ -204,6 +387,7 @@ def build_relay_frontend(
     policies: Mapping[str, PolicyConfig] | None = None,
     state_dir: str = ".",
     bucket_store: Any = None,
+    resolver: Any = None,
 ) -> RelayFrontend:
     """A :class:`RelayFrontend` for ``config``: certificate and users file loaded, policy chain built.
 
@@ -213,8 +397,10 @@ def build_relay_frontend(
     :class:`~relaybal.policy.chain.PolicyChain`, or loopback-only relaying
     when it lists none; ``bucket_store`` (an
     :class:`~relaybal.policy.builtin.ratelimit.IBucketStore` shared between
-    processes) replaces ``ratelimit``'s in-memory buckets. Raises
-    :class:`RelaySetupError` with the dotted key of the problem.
+    processes) replaces ``ratelimit``'s in-memory buckets; ``resolver`` (a
+    ``twisted.names`` IResolver) replaces the system's for ``reverse_lookup``
+    and the policies. Raises :class:`RelaySetupError` with the dotted key of
+    the problem.
     """
     tls_options = None
     if config.tls is not None:
@@ -244,11 +430,11 @@ def build_relay_frontend(
         try:
             policy = build_policy_chain(
                 config, policies or {}, reactor, state_dir=state_dir, hostname=config.hostname or "localhost",
-                bucket_store=bucket_store,
+                bucket_store=bucket_store, resolver=resolver,
             )  # fmt: skip
         except PolicySetupError as e:
             raise RelaySetupError(str(e)) from None
     return RelayFrontend(
         config, backend, reactor, sink=sink, policy=policy, tls_options=tls_options, portal=portal,
-        auth_pool=pool,
+        auth_pool=pool, resolver=resolver,
     )  # fmt: skip

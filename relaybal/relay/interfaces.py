@@ -74,6 +74,14 @@ class SessionState:
     as a UNIX socket; ``proxy`` is the address the connection came from when a
     PROXY header was read.
 
+    ``reverse_name`` and ``client_name`` are known before the greeting when
+    the frontend has ``reverse_lookup = true`` (Postfix's
+    ``reverse_client_name`` and ``client_name``): ``reverse_name`` is the
+    client's PTR name (None: no lookup, or no usable PTR record in time);
+    ``client_name`` is that name when its A/AAAA records include the client's
+    address (forward-confirmed), ``"unknown"`` when not, and None when no
+    lookup was made (``reverse_lookup = false``, or a non-IP client).
+
     ``relay_permits`` belongs to the policy chain: which policy allowed
     relaying, by scope (``session`` from connect, ``helo``, ``auth``,
     ``transaction`` from MAIL); each scope is forgotten when what it was
@@ -90,6 +98,7 @@ class SessionState:
     user: str | None = None
     session_id: str = attrs.field(factory=_next_session_id)
     reverse_name: str | None = None
+    client_name: str | None = None
     tls_client_subject: str | None = None
     auth_mechanism: str | None = None
     relay_permits: dict[str, str] = attrs.field(factory=dict)

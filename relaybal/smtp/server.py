@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import Protocol
@@ -64,7 +64,7 @@ from relaybal.smtp.wire import (
 from relaybal.splice.frontend import direct_writer
 
 if TYPE_CHECKING:
-    from relaybal.relay.frontend import RelayFrontend
+    from relaybal.relay.frontend import ClientName, RelayFrontend
 
 log = Logger(namespace="relaybal.relay")
 
@@ -127,6 +127,8 @@ class ServerSettings:
     timeout_data: float
     timeout_session: float
     maxconn_per_client: int
+    reverse_lookup: bool = False
+    reverse_lookup_timeout: float = 5.0
 
     def ehlo_reply(self, starttls: bool, auth_offered: bool) -> bytes:
         """The EHLO reply (no enhanced status codes on it, RFC 2034)."""
@@ -157,11 +159,12 @@ def _address_literal(host: str) -> str:
     return f"[IPv6:{host}]" if ":" in host else f"[{host}]"
 
 
-def _show_client(client: tuple[str, int] | None) -> str:
+def _show_client(client: tuple[str, int] | None, name: str | None = None) -> str:
+    """``[192.0.2.7]:40000``, or ``name[192.0.2.7]:40000`` once the client's name was looked up."""
     if client is None:
         return "local"
     host, port = client
-    return f"[{host}]:{port}"
+    return f"{name or ''}[{host}]:{port}"
 
 
 @implementer(IPushProducer)
@@ -196,6 +199,7 @@ class ESMTPServer(Protocol):
         self._write: Callable[[bytes], None] = _discard
         self._timer: IDelayedCall | None = None
         self._last_crlf = True
+        self._lookup: Deferred[ClientName] | None = None
         # the message being received
         self._writer: IMessageWriter | None = None
         self._scanner: DataScanner | None = None
@@ -262,7 +266,37 @@ class ESMTPServer(Protocol):
             self.counted_client = client[0]
         self.mode = COMMAND
         self._greeting_due = True
+        if s.reverse_lookup and client is not None:
+            # As Postfix: the name is known before the connect policies and the greeting. Reading
+            # waits meanwhile; the lookup gives up after reverse_lookup_timeout on its own.
+            self._lookup = maybeDeferred(self.frontend.lookup_client_name, client[0])
+            self._wait(self._lookup, self._name_known, self._name_failed)
+            return
         self._ask(self.policy.connect(self.state), self._greet)
+
+    def _name_known(self, found: ClientName) -> None:
+        self._lookup = None
+        self.state.reverse_name = found.reverse_name
+        self.state.client_name = found.client_name
+        if found.problem is not None:
+            log.info(
+                "{line}",
+                line=f"{self.settings.frontend}: {self._client_text()}: {found.problem}",
+                client=self.state.client_host,
+                frontend=self.settings.frontend,
+            )
+        self._ask(self.policy.connect(self.state), self._greet)
+
+    def _name_failed(self, failure: Failure) -> None:
+        """Not expected (the lookup never fails): the name stays unknown and the session goes on."""
+        log.failure("{frontend}: client name lookup failed", failure, frontend=self.settings.frontend)
+        self._lookup = None
+        self.state.reverse_name = None
+        self.state.client_name = "unknown"
+        self._ask(self.policy.connect(self.state), self._greet)
+
+    def _client_text(self) -> str:
+        return _show_client(self.state.client, self.state.client_name)
 
     def _greet(self, answer: Reply | None) -> None:
         self._greeting_due = False
@@ -277,6 +311,9 @@ class ESMTPServer(Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._lookup is not None:
+            lookup, self._lookup = self._lookup, None
+            lookup.cancel()  # its answer no longer matters (the session ignores it once closed)
         self._abort_message()
         if not self.termination:
             if was in (DATA, BDAT):
@@ -291,7 +328,7 @@ class ESMTPServer(Protocol):
         log.info(
             "{line}",
             line=(
-                f"{self.settings.frontend}: disconnect from {_show_client(self.state.client)} "
+                f"{self.settings.frontend}: disconnect from {self._client_text()} "
                 f"after {int((self._seconds() - self.accepted) * 1000)}ms: {self.commands} commands, "
                 f"{self.messages} messages: {self.termination}"
             ),
@@ -591,7 +628,7 @@ class ESMTPServer(Protocol):
             "{frontend}: internal error in session with {client}",
             failure,
             frontend=self.settings.frontend,
-            client=_show_client(self.state.client),
+            client=self._client_text(),
         )
         if self.mode == CLOSED:
             return
@@ -717,7 +754,7 @@ class ESMTPServer(Protocol):
         log.info(
             "{line}",
             line=(
-                f"{self.settings.frontend}: reject {_show_client(state.client)}: "
+                f"{self.settings.frontend}: reject {self._client_text()}: "
                 f"{answer.code} {answer.status} {answer.text};{sender}{detail}"
             ),
             client=state.client_host,
@@ -905,7 +942,12 @@ class ESMTPServer(Protocol):
         state = self.state
         s = self.settings
         client = state.client
-        tcp_info = f"({_address_literal(client[0])})" if client is not None else "(local)"
+        if client is None:
+            tcp_info = "(local)"
+        elif state.client_name is not None:  # looked up (reverse_lookup): the confirmed name or "unknown"
+            tcp_info = f"({state.client_name} {_address_literal(client[0])})"
+        else:
+            tcp_info = f"({_address_literal(client[0])})"
         proto = ("UTF8SMTP" if envelope.smtputf8 else "ESMTP") if state.esmtp else "SMTP"
         if state.tls is not None:
             proto += "S"
@@ -1029,7 +1071,8 @@ class ESMTPServer(Protocol):
             "{line}",
             line=(
                 f"{queue_id}: {self.settings.frontend}: accepted from=<{envelope.sender}> size={size} "
-                f"nrcpt={len(envelope.recipients)} client={_show_client(envelope.client)} "
+                f"nrcpt={len(envelope.recipients)} "
+                f"client={_show_client(envelope.client, self.state.client_name)} "
                 f"helo={envelope.helo} tls={tls} user={envelope.user or '-'}"
             ),
             queue_id=queue_id,
@@ -1270,7 +1313,7 @@ class ESMTPServer(Protocol):
             "{line}",
             line=(
                 f"{self.settings.frontend}: authentication failed for {name!r} from "
-                f"{_show_client(self.state.client)}: {why}"
+                f"{self._client_text()}: {why}"
             ),
             client=self.state.client_host,
             frontend=self.settings.frontend,

@@ -165,7 +165,6 @@ def request_attributes(context: PolicyContext, policy_context: str = "") -> dict
     except CommandError:
         sasl_sender = ""
     size = context.size if stage is Stage.END_OF_DATA else context.declared_size
-    name = context.reverse_name or "unknown"
     attributes = {
         "request": "smtpd_access_policy",
         "protocol_state": "HELO" if stage is Stage.HELO and not context.esmtp else PROTOCOL_STATES[stage],
@@ -176,8 +175,9 @@ def request_attributes(context: PolicyContext, policy_context: str = "") -> dict
         "recipient": str(recipient) if recipient is not None else "",
         "recipient_count": str(count),
         "client_address": context.client_address or "",
-        "client_name": name,
-        "reverse_client_name": name,
+        # Postfix's meanings: the forward-confirmed name, and the PTR name as found ("unknown": none).
+        "client_name": context.client_name or "unknown",
+        "reverse_client_name": context.reverse_name or "unknown",
         "instance": f"{context.session_id}.{context.transaction}",
         "sasl_method": context.sasl_method or "",
         "sasl_username": context.sasl_username or "",

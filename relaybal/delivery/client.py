@@ -248,9 +248,15 @@ class ClientIdentity:
     """The original client of a message, for ``XCLIENT``/``XFORWARD``.
 
     ``addr`` is the IP address as text (IPv6 without an ``IPV6:`` prefix; the
-    client adds it); ``name`` the verified reverse DNS name, or None (sent as
-    ``[UNAVAILABLE]``); ``proto`` ``"SMTP"`` or ``"ESMTP"``; ``login`` the SASL
-    user when the client authenticated.
+    client adds it); ``name`` the client's verified (forward-confirmed)
+    name, or None when there is none: not looked up, or looked up without a
+    confirmed name (sent as ``NAME=[UNAVAILABLE]``, which XCLIENT_README
+    gives for a name unknown for good; relaybal keeps no record of a lookup
+    that failed only for now, so ``[TEMPUNAVAIL]`` is never sent). It is
+    part of the identity: a session carrying a client under one name does
+    not carry it under another (or none) without a new XCLIENT.
+    ``proto`` is ``"SMTP"`` or ``"ESMTP"``; ``login`` the SASL user when the
+    client authenticated.
     """
 
     addr: str | None

@@ -90,7 +90,7 @@ def identity(envelope: Envelope) -> ClientIdentity:
     return ClientIdentity(
         addr=client[0] if client is not None else None,
         port=client[1] if client is not None else None,
-        name=None,
+        name=envelope.confirmed_client_name,
         helo=envelope.helo,
         proto="ESMTP",
         login=envelope.user,

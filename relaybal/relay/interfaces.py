@@ -144,8 +144,14 @@ class Envelope:
     """One message's envelope, as the sink receives it.
 
     ``sender`` is :data:`~relaybal.smtp.wire.NULL_SENDER` for ``<>``.
-    ``client``, ``helo``, ``tls`` and ``user`` describe the session it came
-    from; ``received_at`` is the reactor time of the DATA command.
+    ``client``, ``helo``, ``tls``, ``user`` and ``client_name`` describe the
+    session it came from; ``received_at`` is the reactor time of the DATA
+    command. ``client_name`` is the session's
+    :attr:`SessionState.client_name`: the client's forward-confirmed name,
+    ``"unknown"`` when it was looked up without a confirmed name, None when
+    no lookup was made (``reverse_lookup = false``, a non-IP client, a
+    message relaybal made itself); :attr:`confirmed_client_name` is the name
+    only.
     """
 
     sender: Mailbox
@@ -159,6 +165,13 @@ class Envelope:
     tls: TLSInfo | None
     user: str | None
     received_at: float
+    client_name: str | None = None
+
+    @property
+    def confirmed_client_name(self) -> str | None:
+        """The client's forward-confirmed name; None when there is none (no lookup, or ``"unknown"``)."""
+        name = self.client_name
+        return name if name and name != "unknown" else None  # relaybal.relay.frontend.UNKNOWN
 
     @classmethod
     def of(cls, state: SessionState, received_at: float) -> Envelope:
@@ -175,6 +188,7 @@ class Envelope:
             tls=state.tls,
             user=state.user,
             received_at=received_at,
+            client_name=state.client_name,
         )
 
 

@@ -171,8 +171,14 @@ def _state_in(value: Any) -> RecipientState:
 
 
 def envelope_to_json(envelope: Envelope) -> dict[str, Any]:
+    """The envelope as a JSON object (in ``M`` records and ``relaybal queue export`` archives).
+
+    ``client_name`` is written only when there is one, so a spool (or an
+    archive) of a frontend without ``reverse_lookup`` is as before (earlier
+    versions ignore the key); :func:`envelope_from_json` takes a missing one as None.
+    """
     tls = envelope.tls
-    return {
+    obj: dict[str, Any] = {
         "sender": [envelope.sender.local, envelope.sender.domain],
         "rcpt": [[r.local, r.domain] for r in envelope.recipients],
         "params": dict(envelope.mail_params),
@@ -185,11 +191,17 @@ def envelope_to_json(envelope: Envelope) -> dict[str, Any]:
         "user": envelope.user,
         "received_at": envelope.received_at,
     }
+    if envelope.client_name is not None:
+        obj["client_name"] = envelope.client_name
+    return obj
 
 
 def envelope_from_json(obj: Mapping[str, Any]) -> Envelope:
     client = obj["client"]
     tls = obj["tls"]
+    client_name = obj.get("client_name")  # absent from records written before it existed
+    if client_name is not None and not isinstance(client_name, str):
+        raise TypeError(f"client_name is not a string: {client_name!r}")
     return Envelope(
         sender=_mailbox(obj["sender"]),
         recipients=tuple(_mailbox(r) for r in obj["rcpt"]),
@@ -202,6 +214,7 @@ def envelope_from_json(obj: Mapping[str, Any]) -> Envelope:
         tls=TLSInfo(str(tls[0]), str(tls[1]), int(tls[2])) if tls is not None else None,
         user=obj["user"],
         received_at=float(obj["received_at"]),
+        client_name=client_name,
     )
 
 

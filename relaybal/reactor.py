@@ -66,7 +66,9 @@ if EPollReactor is not None:
                 except BaseException as e:
                     why = e
                     log.failure("unhandled error in event handler")
-                if why:
+                # A handler that raised after its transport had already closed leaves nothing to
+                # clean up (and removing a closed descriptor makes Twisted scan every selectable).
+                if why and not getattr(selectable, "disconnected", False):
                     self._disconnectSelectable(selectable, why, in_read)  # type: ignore[no-untyped-call]
 
         doIteration = doPoll

@@ -16,10 +16,13 @@ flushing on ``loseConnection``, dropping on ``abortConnection``, back-pressure.
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import select
 import socket
 import struct
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -1333,3 +1336,102 @@ def test_abort_from_dataReceived_with_a_write_pending_is_connection_aborted(
     run_until(reactor, lambda: bool(proto.lost))
     assert len(proto.lost) == 1
     assert proto.lost[0].check(error.ConnectionAborted)
+
+
+# -- connecting when no socket can be had, and to scoped link-local addresses
+
+
+def test_no_socket_for_the_server_is_a_connect_bind_error(
+    fake: FakeReactor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Out of descriptors (accept took the last one): the session must hear of it, as from connectTCP.
+    def no_socket(*args: Any, **kwargs: Any) -> socket.socket:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(lean.socket, "socket", no_socket)
+    factory = RecordingFactory()
+    connector = connect_tcp(fake, "127.0.0.1", 25, factory, timeout=5)
+    monkeypatch.undo()
+    assert factory.failures == []  # never synchronously from connect_tcp
+    fake.advance(0)
+    assert len(factory.failures) == 1 and factory.failures[0].check(error.ConnectBindError)
+    assert "Too many open files" in factory.failures[0].getErrorMessage()
+    assert fake.getDelayedCalls() == [] and fake.writers == set()
+    with pytest.raises(error.NotConnectingError):
+        connector.stopConnecting()
+
+
+def test_unknown_scope_is_a_connect_bind_error(fake: FakeReactor) -> None:
+    factory = RecordingFactory()
+    connect_tcp(fake, "fe80::1%nosuchif0", 25, factory, timeout=5)
+    fake.advance(0)
+    assert len(factory.failures) == 1 and factory.failures[0].check(error.ConnectBindError)
+
+
+def _link_local_address() -> tuple[str, str] | None:
+    """A link-local IPv6 address of this host and its interface, from /proc/net/if_inet6."""
+    try:
+        lines = Path("/proc/net/if_inet6").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 6 and fields[0].startswith("fe80"):
+            text = ":".join(fields[0][i : i + 4] for i in range(0, 32, 4))
+            return str(ipaddress.IPv6Address(text)), fields[5]
+    return None
+
+
+@pytest.mark.skipif(_link_local_address() is None, reason="this host has no link-local IPv6 address")
+def test_connect_to_a_scoped_link_local_address(fake: FakeReactor, sockets: list[socket.socket]) -> None:
+    found = _link_local_address()
+    assert found is not None
+    address, interface = found
+    scoped = f"{address}%{interface}"
+    server = socket.socket(socket.AF_INET6)
+    sockets.append(server)
+    server.bind(
+        socket.getaddrinfo(scoped, 0, socket.AF_INET6, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)[0][4]
+    )
+    server.listen(1)
+    factory = RecordingFactory()
+    connector = connect_tcp(fake, scoped, server.getsockname()[1], factory, timeout=5)
+    transport = connecting(connector, sockets)
+    wait_writable(transport.socket)
+    assert fake.dispatch(transport, write=True) is None
+    assert factory.failures == [] and len(factory.protocols) == 1
+    assert transport.connected
+
+
+def test_reactor_leaves_a_selectable_that_already_closed_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A handler that raises after its transport closed: removing a closed descriptor again would
+    # make Twisted scan every selectable.
+    reactor = RelaybalEPollReactor()  # type: ignore[no-untyped-call]
+    left, right = socket.socketpair()
+    try:
+
+        class ClosesThenRaises:
+            disconnected = False
+
+            def fileno(self) -> int:
+                return left.fileno()
+
+            def logPrefix(self) -> str:
+                return "test"
+
+            def doRead(self) -> None:
+                reactor.removeReader(self)
+                self.disconnected = True
+                raise RuntimeError("after the close")
+
+        cleanups: list[object] = []
+        monkeypatch.setattr(reactor, "_disconnectSelectable", lambda *args: cleanups.append(args))
+        selectable = ClosesThenRaises()
+        reactor.addReader(selectable)
+        right.send(b"x")
+        reactor.doPoll(0)
+        assert selectable.disconnected and cleanups == []
+    finally:
+        left.close()
+        right.close()
+        reactor._poller.close()  # type: ignore[attr-defined]

@@ -403,3 +403,24 @@ def test_client_counts_take_and_release() -> None:
     counts.release("192.0.2.1")
     counts.release("192.0.2.1")
     assert counts == {}  # no zero entries left behind
+
+
+def test_the_side_left_open_has_no_producer_from_the_side_that_ended(
+    capture_log: list[dict[str, Any]],
+) -> None:
+    # Twisted's transports resume a paused producer instead of closing once drained: a dead
+    # partner left registered would hold the close back until the linger timer.
+    h = make(capture_log)
+    session, client = h.client()
+    _, _, factory = h.pending_connect()
+    server_proto, server = h.accept(factory)
+    server_proto.dataReceived(b"220 mx ESMTP\r\n")
+    server_proto.connectionLost(Failure(error.ConnectionDone()))
+    assert client.producer is None and client.disconnecting
+
+    session2, client2 = h.client(port=40001)
+    _, _, factory2 = h.pending_connect()
+    server_proto2, server2 = h.accept(factory2)
+    server_proto2.dataReceived(b"220 mx ESMTP\r\n")
+    session2.connectionLost(Failure(error.ConnectionDone()))
+    assert server2.producer is None and server2.disconnecting

@@ -599,6 +599,9 @@ class SpliceSession(Protocol):
             self._finish_server(side)
             transport = self.transport
             assert transport is not None
+            # The dead server must not hold the client's close back: Twisted's transports resume
+            # a paused producer instead of closing once drained.
+            transport.unregisterProducer()  # type: ignore[attr-defined]
             transport.loseConnection()
             if self.linger is None:
                 self.linger = self.reactor.callLater(self.frontend.config.timeout_client, self._give_up)
@@ -638,6 +641,8 @@ class SpliceSession(Protocol):
             self.server_side = None
             side.session = _Detached  # type: ignore[assignment]
             if side.transport is not None:
+                if self.spliced_server is not None:  # the client is its producer no more
+                    side.transport.unregisterProducer()  # type: ignore[attr-defined]
                 side.close_after_flush(self.reactor, self.backend.config.timeout_server)
             self._finish_server(side)
         self.frontend.session_ended(self)

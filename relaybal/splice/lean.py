@@ -330,12 +330,20 @@ class LeanConnector:
     def __init__(self, reactor: Any, host: str, port: int, factory: ClientFactory, timeout: float) -> None:
         self.reactor = reactor
         self.factory = factory
-        self.address = (host, port)
+        self.address: tuple[Any, ...] = (host, port)
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.transport: LeanTransport | None = None
         self.timer: IDelayedCall | None = None
         self.done = False
-        sock = socket.socket(self.family, socket.SOCK_STREAM)
+        try:
+            if "%" in host:  # a scope id reaches the socket address only through getaddrinfo
+                self.address = socket.getaddrinfo(
+                    host, port, socket.AF_INET6, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
+                )[0][4]
+            sock = socket.socket(self.family, socket.SOCK_STREAM)
+        except OSError as e:  # EMFILE, ENFILE, ENOBUFS, an unknown scope: reported as connectTCP does
+            self.timer = reactor.callLater(0, self.failed, error.ConnectBindError(e.errno, e.strerror))
+            return
         sock.setblocking(False)
         err = sock.connect_ex(self.address)
         if err not in _IN_PROGRESS:
